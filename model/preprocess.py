@@ -1,0 +1,92 @@
+"""The original tool's preprocessing: Pillow bilinear resize, /255, ImageNet normalisation, NCHW.
+
+Features are only comparable with those of the original tool (and of torchreid's evaluation) if
+the pixels fed to the network are the same, so the resize is Pillow's, on the uint8 image, exactly
+as there: ``Image.resize((128, 256), Image.BILINEAR)``. Pillow's bilinear filter is antialiased
+when shrinking, so OpenCV's or torch's "bilinear" would give visibly different features.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INPUT_SIZE", "preprocess_batch", "to_rgb"]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+INPUT_SIZE: tuple[int, int] = (128, 256)
+"""(width, height) of the network input, Pillow's order."""
+
+_CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+def to_rgb(crop: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
+    """One crop as uint8 (H, W, 3) RGB.
+
+    (H, W) and (H, W, 1) are grey and replicated to three channels (what Pillow's ``L -> RGB``
+    does); a fourth channel is alpha and dropped (what ``RGBA -> RGB`` does, no compositing);
+    ``channel_order="bgr"`` (OpenCV's order) is flipped to RGB.
+    """
+    if channel_order not in _CHANNEL_ORDERS:
+        raise ValueError(f"channel_order must be one of {_CHANNEL_ORDERS}, not {channel_order!r}")
+    if not isinstance(crop, np.ndarray):
+        raise ValueError(f"a crop must be a numpy array, not {type(crop).__name__}")
+    if crop.dtype != np.uint8:
+        raise ValueError(f"a crop must be uint8 pixels, not {crop.dtype}")
+    if crop.ndim == 2:
+        crop = crop[:, :, None]
+    if crop.ndim != 3:
+        raise ValueError(f"a crop must have shape (H, W) or (H, W, C), not {crop.shape}")
+    height, width, colors = crop.shape
+    if height == 0 or width == 0:
+        raise ValueError(f"a crop must not be empty, got shape {crop.shape}")
+    if colors == 1:
+        return np.repeat(crop, 3, axis=2)
+    if colors not in (3, 4):
+        raise ValueError(f"a crop must have 1, 3 or 4 channels, not {colors} (shape {crop.shape})")
+    rgb = crop[:, :, :3]
+    if channel_order == "bgr":
+        rgb = rgb[:, :, ::-1]
+    return np.ascontiguousarray(rgb)
+
+
+def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pillow's bilinear resize of one uint8 RGB image; ``size`` is (width, height)."""
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+
+
+def preprocess_batch(
+    crops: Sequence[np.ndarray] | Iterable[np.ndarray],
+    channel_order: str = "rgb",
+    size: tuple[int, int] = INPUT_SIZE,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> np.ndarray:
+    """Crops -> the network's input, float32 (N, 3, H, W).
+
+    Args:
+        crops: uint8 arrays (H, W, C) with C in {1, 3, 4}, or (H, W); sizes may differ.
+        channel_order: "rgb" or "bgr" for 3- and 4-channel crops.
+        size: (width, height) to resize to, Pillow's order; the original tool's is (128, 256).
+        mean, std: per-channel normalisation of the [0, 1] pixel values (RGB order).
+    Raises:
+        ValueError: a crop that is not uint8, has an unsupported shape or is empty; bad arguments.
+    """
+    width, height = (int(v) for v in size)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"size must be a positive (width, height), not {size}")
+    mean_arr = np.asarray(mean, dtype=np.float32)
+    std_arr = np.asarray(std, dtype=np.float32)
+    if mean_arr.shape != (3,) or std_arr.shape != (3,):
+        raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}")
+    if np.any(std_arr <= 0):
+        raise ValueError(f"std must be positive, got {list(std)}")
+
+    resized = [_resize(to_rgb(crop, channel_order), (width, height)) for crop in crops]
+    if not resized:
+        return np.empty((0, 3, height, width), dtype=np.float32)
+    batch = np.stack(resized).astype(np.float32) / np.float32(255.0)  # (N, H, W, 3)
+    batch = (batch - mean_arr) / std_arr
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))

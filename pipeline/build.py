@@ -1,0 +1,78 @@
+"""The job's graph: read -> decode -> encode -> write, with every bad row routed to errors."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import apache_beam as beam
+
+from model import infer_architecture, load_osnet, read_state_dict
+from pipeline.options import OsNetOptions
+from transforms.decode import DecodeCrops
+from transforms.errors import ERRORS_TAG
+from transforms.inference import EncodeCrops, OsNetModelHandler, local_weights
+from transforms.read import InputError, InputLayout, ReadRows, inspect_input
+from transforms.write import WriteErrors, WriteFeatures
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What was checked before the job starts: the input's layout and the model's architecture."""
+
+    layout: InputLayout
+    arch: str
+
+
+def plan_job(options: OsNetOptions) -> JobPlan:
+    """Check input files and weights before anything runs, so mistakes cost seconds.
+
+    Raises ``transforms.read.InputError`` or ``model.CheckpointError`` with a message that names
+    the file at fault.
+    """
+    for flag in ("input", "output"):
+        if not getattr(options, flag):
+            raise InputError(f"--{flag} is required (python -m pipeline --help lists the options)")
+    layout = inspect_input(options.input, options.image_column, options.input_format)
+    weights = local_weights(options.weights)
+    load_osnet(weights, options.arch)  # every key and shape checked against the architecture
+    arch = options.arch or infer_architecture(read_state_dict(weights))
+    return JobPlan(layout, arch)
+
+
+def build_pipeline(p: beam.Pipeline, options: OsNetOptions, plan: JobPlan) -> dict:
+    """Add the job to ``p``; returns its ``features`` and ``errors`` PCollections and writes."""
+    output_column = options.output_column or options.image_column
+    read = p | "ReadRows" >> ReadRows(options.input, plan.layout, options.image_column)
+    decoded = read["rows"] | "DecodeCrops" >> beam.ParDo(
+        DecodeCrops(options.image_column, max_pixels=options.max_pixels)
+    ).with_outputs(ERRORS_TAG, main="crops")
+    handler = OsNetModelHandler(
+        options.weights,
+        arch=plan.arch,
+        device=options.device,
+        backend=options.backend,
+        precision=options.precision,
+        batch_size=options.batch_size,
+        channel_order=options.channel_order,
+        share_across_processes=options.share_model_across_processes,
+    )
+    encoded = decoded.crops | "EncodeCrops" >> EncodeCrops(handler)
+    errors = (
+        read["errors"],
+        decoded[ERRORS_TAG],
+        encoded[ERRORS_TAG],
+    ) | "AllErrors" >> beam.Flatten()
+    features_written = encoded["features"] | "WriteFeatures" >> WriteFeatures(
+        options.output,
+        plan.layout.schema,
+        options.image_column,
+        output_column,
+        options.output_format,
+        options.num_shards,
+    )
+    errors_written = errors | "WriteErrors" >> WriteErrors(options.output, options.num_shards)
+    return {
+        "features": encoded["features"],
+        "errors": errors,
+        "features_written": features_written,
+        "errors_written": errors_written,
+    }

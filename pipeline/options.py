@@ -1,0 +1,87 @@
+"""The job's command-line options, as a Beam ``PipelineOptions`` subclass.
+
+Being ``PipelineOptions``, they sit beside every runner flag (``--runner``, ``--project``,
+``--direct_num_workers``, ...) on one command line, and travel to workers with the job.
+"""
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms.crop_codec import DEFAULT_MAX_PIXELS
+from weights import BUNDLED_WEIGHTS
+
+ARCHITECTURES = ("osnet_ibn_x1_0", "osnet_x1_0", "osnet_x0_75", "osnet_x0_5", "osnet_x0_25")
+
+
+class OsNetOptions(PipelineOptions):
+    """Options of the OSNet feature job (``python -m pipeline --help`` lists them)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        group = parser.add_argument_group("osnet-beam")
+        group.add_argument(
+            "--input", default=None,
+            help="Glob of CSV or Parquet shards, local or on any Beam filesystem (gs://, s3://).",
+        )
+        group.add_argument(
+            "--input_format", default="auto", choices=("auto", "csv", "parquet"),
+            help="Input format; auto decides by file extension (.csv, .parquet).",
+        )
+        group.add_argument(
+            "--image_column", default="feature_vector",
+            help="Column holding the crop dict literal (the original tool's legacy name).",
+        )
+        group.add_argument(
+            "--output", default=None,
+            help="Output directory: features-SSSSS-of-NNNNN.* and errors-SSSSS-of-NNNNN.jsonl.",
+        )
+        group.add_argument(
+            "--output_format", default="parquet", choices=("parquet", "csv"),
+            help="parquet: list<float32> column; csv: hex of zlib of packed float32 (original).",
+        )
+        group.add_argument(
+            "--output_column", default=None,
+            help="Name of the features column; default: the image column, replaced in place.",
+        )
+        group.add_argument(
+            "--weights", default=BUNDLED_WEIGHTS,
+            help="OSNet checkpoint (torchreid layout), any Beam filesystem path; default: the "
+            "bundled osnet_x0_25 MSMT17 demo weights.",
+        )
+        group.add_argument(
+            "--arch", default=None, choices=ARCHITECTURES,
+            help="OSNet architecture; default: inferred from the checkpoint (an explicit one "
+            "that contradicts the checkpoint is an error).",
+        )
+        group.add_argument(
+            "--batch_size", type=int, default=None,
+            help="Crops per model call; default: the fastest measured for the backend/device.",
+        )
+        group.add_argument(
+            "--device", default="auto", choices=("auto", "cpu", "cuda"),
+            help="auto: CUDA when the worker has it, else CPU.",
+        )
+        group.add_argument(
+            "--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
+            help="Inference runtime; auto picks the fastest for the device.",
+        )
+        group.add_argument(
+            "--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+            help="Compute precision; fp16/bf16 only on CUDA.",
+        )
+        group.add_argument(
+            "--channel_order", default="rgb", choices=("rgb", "bgr"),
+            help="Channel order of the stored pixels (bgr for crops cut with OpenCV).",
+        )
+        group.add_argument(
+            "--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
+            help="Largest crop (width x height) accepted; larger ones become too_many_pixels errors.",
+        )
+        group.add_argument(
+            "--num_shards", type=int, default=0,
+            help="Output shards per kind; 0 lets the runner decide.",
+        )
+        group.add_argument(
+            "--share_model_across_processes", action="store_true",
+            help="One model per machine shared by all SDK processes (saves GPU memory).",
+        )

@@ -1,0 +1,31 @@
+"""osnet-beam: OSNet re-identification features for large tables of person crops, on Apache Beam.
+
+``pip install .`` for a laptop or a worker (``--setup_file ./setup.py`` ships it to Dataflow or
+Flink workers). Install ``torch`` first: the CPU wheel for CPU machines, a CUDA build on GPU
+workers (see deploy/dataflow/Dockerfile); ``torch>=2.1`` is all this package asks for.
+"""
+from setuptools import setup
+
+setup(
+    name="osnet-beam",
+    version="0.1.0",
+    description="Batch OSNet-IBN re-identification features for tables of person crops on Apache Beam",
+    long_description=__doc__,
+    python_requires=">=3.10",
+    packages=["model", "transforms", "pipeline", "weights"],
+    package_data={"weights": ["*.pth", "README.md"]},
+    install_requires=[
+        "torch>=2.1",
+        "numpy>=1.24",
+        "pillow>=9.0",
+        "pyarrow>=14",
+        "apache-beam>=2.60",
+        "onnx>=1.15",
+        "onnxruntime>=1.17",
+    ],
+    extras_require={
+        "dataflow": ["apache-beam[gcp]>=2.60"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "pandas>=2,<2.4", "psutil>=5.9", "matplotlib>=3.7"],
+    },
+    entry_points={"console_scripts": ["osnet-beam=pipeline.run:main"]},
+)

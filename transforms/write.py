@@ -1,0 +1,142 @@
+"""Sharded outputs: features as Parquet or CSV, errors as JSON lines, through Beam's file sinks.
+
+Beam's sinks write each shard to a temporary file and move it into place only when the whole
+write succeeds, so a job that fails part-way leaves no partial ``features-*`` or ``errors-*``
+shard behind, and a rerun writes the same rows.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterator, Mapping, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.parquetio import WriteToParquet
+from apache_beam.io.textio import WriteToText
+
+from transforms.csv_records import format_record
+from transforms.errors import to_json_line
+from transforms.feature_codec import encode_features_hex
+
+_LOG = logging.getLogger(__name__)
+FEATURES_PREFIX = "features"
+ERRORS_PREFIX = "errors"
+#: Seconds between progress lines from each worker thread.
+PROGRESS_EVERY_S = 30.0
+
+
+def output_columns(columns: Sequence[str], image_column: str, output_column: str) -> list[str]:
+    """The output's columns: the input's, with the features where the image cell was."""
+    return [output_column if name == image_column else name for name in columns]
+
+
+def features_schema(
+    input_schema: pa.Schema, image_column: str, output_column: str
+) -> pa.Schema:
+    """The Parquet schema: pass-through columns keep their types; features are list<float32>."""
+    fields = []
+    for field in input_schema:
+        if field.name == image_column:
+            fields.append(pa.field(output_column, pa.list_(pa.float32()), nullable=False))
+        else:
+            fields.append(field)
+    return pa.schema(fields)
+
+
+class _ToOutputRow(beam.DoFn):
+    """``(row, features)`` to an output row; logs progress while a long job runs."""
+
+    def __init__(self, image_column: str, output_column: str, csv: bool, columns: Sequence[str]):
+        self._image_column = image_column
+        self._output_column = output_column
+        self._csv = csv
+        self._columns = list(columns)
+
+    def setup(self) -> None:
+        self._count = 0
+        self._started = self._last_log = time.monotonic()
+
+    def _log_progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= PROGRESS_EVERY_S:
+            rate = self._count / max(now - self._started, 1e-9)
+            _LOG.info("osnet-beam: %d rows encoded by this worker (%.1f rows/s)", self._count, rate)
+            self._last_log = now
+
+    def process(self, element: tuple[Mapping[str, Any], np.ndarray]) -> Iterator[Any]:
+        row, features = element
+        self._count += 1
+        self._log_progress()
+        out = {name: row.get(name) for name in self._columns if name != self._image_column}
+        if self._csv:
+            out[self._output_column] = encode_features_hex(features)
+            yield format_record([out[name] for name in self._output_order()])
+        else:
+            out[self._output_column] = features
+            yield out
+
+    def _output_order(self) -> list[str]:
+        return output_columns(self._columns, self._image_column, self._output_column)
+
+
+class WriteFeatures(beam.PTransform):
+    """``(row, features)`` pairs to ``DIR/features-SSSSS-of-NNNNN.{parquet,csv}``."""
+
+    def __init__(
+        self,
+        output_dir: str,
+        input_schema: pa.Schema,
+        image_column: str,
+        output_column: str,
+        output_format: str = "parquet",
+        num_shards: int = 0,
+    ):
+        super().__init__()
+        if output_format not in ("parquet", "csv"):
+            raise ValueError(f"unknown output format {output_format!r}: use parquet or csv")
+        self._prefix = _join(output_dir, FEATURES_PREFIX)
+        self._schema = input_schema
+        self._image_column = image_column
+        self._output_column = output_column
+        self._format = output_format
+        self._num_shards = num_shards
+
+    def expand(self, features: beam.PCollection) -> beam.PCollection:
+        columns = list(self._schema.names)
+        rows = features | "ToOutputRow" >> beam.ParDo(
+            _ToOutputRow(self._image_column, self._output_column, self._format == "csv", columns)
+        )
+        if self._format == "csv":
+            header = format_record(output_columns(columns, self._image_column, self._output_column))
+            return rows | "WriteCsv" >> WriteToText(
+                self._prefix, file_name_suffix=".csv", num_shards=self._num_shards, header=header
+            )
+        schema = features_schema(self._schema, self._image_column, self._output_column)
+        return rows | "WriteParquet" >> WriteToParquet(
+            self._prefix, schema, file_name_suffix=".parquet", num_shards=self._num_shards
+        )
+
+
+class WriteErrors(beam.PTransform):
+    """Error records to ``DIR/errors-SSSSS-of-NNNNN.jsonl``, one JSON object per line."""
+
+    def __init__(self, output_dir: str, num_shards: int = 0):
+        super().__init__()
+        self._prefix = _join(output_dir, ERRORS_PREFIX)
+        self._num_shards = num_shards
+
+    def expand(self, errors: beam.PCollection) -> beam.PCollection:
+        return (
+            errors
+            | "ToJson" >> beam.Map(to_json_line)
+            | "WriteJsonl"
+            >> WriteToText(self._prefix, file_name_suffix=".jsonl", num_shards=self._num_shards)
+        )
+
+
+def _join(directory: str, name: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(directory, name)
