@@ -39,4 +39,4 @@ echo
 echo "demo input:    $demo/demo_table.csv"
 echo "features:      $(ls "$demo"/features/features-*.parquet | tr '\n' ' ')"
 echo "errors:        $(ls "$demo"/features/errors-*.jsonl | tr '\n' ' ')"
-echo "read them:     $VENV/bin/python -c \"import pyarrow.parquet as pq; print(pq.read_table('$demo/features').to_pandas().head())\""
+echo "read them:     $VENV/bin/python -c \"import glob, pyarrow.parquet as pq; print(pq.read_table(glob.glob('$demo/features/features-*.parquet')).to_pandas().head())\""
