@@ -43,6 +43,9 @@ _CUDA_BATCH = 128
 _INPUT_NAME = "images"
 _OUTPUT_NAME = "features"
 _PROBE_SHAPE = (2, 3, 256, 128)
+# Batch, height and width are left free in the graph (measured: no cost against a fixed size),
+# so one session serves any patch size the encoder is configured with.
+_DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
 _PROBE_MIN_COSINE = 0.9999
 
 
@@ -129,7 +132,7 @@ class TorchBackend:
 
 
 def _export_onnx(module: nn.Module) -> bytes:
-    """Serialise the eval-mode module to ONNX in memory, batch axis dynamic.
+    """Serialise the eval-mode module to ONNX in memory, batch and image size dynamic.
 
     The TorchScript exporter is used while torch still ships it: it takes under a second where
     the torch.export-based one (``dynamo=True``, the default since torch 2.9) takes ~10 s for the
@@ -150,7 +153,7 @@ def _export_onnx(module: nn.Module) -> bytes:
                 dynamo=False,
                 input_names=[_INPUT_NAME],
                 output_names=[_OUTPUT_NAME],
-                dynamic_axes={_INPUT_NAME: {0: "batch"}, _OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={_INPUT_NAME: _DYNAMIC_AXES, _OUTPUT_NAME: {0: "batch"}},
                 opset_version=17,
             )
         return buffer.getvalue()
@@ -161,7 +164,6 @@ def _export_onnx(module: nn.Module) -> bytes:
 def _export_onnx_dynamo(module: nn.Module) -> bytes:
     """The torch.export-based exporter (needs onnxscript)."""
     example = (torch.zeros(_PROBE_SHAPE),)
-    batch = torch.export.Dim("batch")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -170,7 +172,7 @@ def _export_onnx_dynamo(module: nn.Module) -> bytes:
             dynamo=True,
             input_names=[_INPUT_NAME],
             output_names=[_OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=({axis: torch.export.Dim.AUTO for axis in _DYNAMIC_AXES},),
             verbose=False,
         )
     return program.model_proto.SerializeToString()

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from model import infer_architecture, load_osnet, read_state_dict
+from model import CheckpointError, infer_architecture, load_osnet, read_state_dict
 from pipeline.options import OsNetOptions
 from transforms.decode import DecodeCrops
 from transforms.errors import ERRORS_TAG
@@ -32,7 +32,10 @@ def plan_job(options: OsNetOptions) -> JobPlan:
         if not getattr(options, flag):
             raise InputError(f"--{flag} is required (python -m pipeline --help lists the options)")
     layout = inspect_input(options.input, options.image_column, options.input_format)
-    weights = local_weights(options.weights)
+    try:
+        weights = local_weights(options.weights)
+    except Exception as error:  # OSError locally, BeamIOError and friends elsewhere
+        raise CheckpointError(f"cannot read weights {options.weights}: {error}") from None
     load_osnet(weights, options.arch)  # every key and shape checked against the architecture
     arch = options.arch or infer_architecture(read_state_dict(weights))
     return JobPlan(layout, arch)

@@ -43,7 +43,7 @@ def test_torch_backend(module, batch, expected):
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-def test_onnxruntime_backend_with_dynamic_batch(onnx_backend, batch, expected):
+def test_onnxruntime_backend_with_dynamic_batch_and_size(module, onnx_backend, batch, expected):
     assert isinstance(onnx_backend, FeatureBackend)
     assert (onnx_backend.name, onnx_backend.device) == ("onnxruntime", "cpu")
     for size in (1, 2, 5):  # exported with batch 2: other sizes must work too
@@ -51,6 +51,10 @@ def test_onnxruntime_backend_with_dynamic_batch(onnx_backend, batch, expected):
         assert out.dtype == np.float32 and out.shape == (size, 512)
         np.testing.assert_allclose(out, expected[:size], atol=1e-4)
         assert row_cosine(out, expected[:size]).min() >= 0.99999
+    small = np.ascontiguousarray(batch[:2, :, :128, :64])  # another patch size, same session
+    with torch.no_grad():
+        small_expected = module(torch.from_numpy(small)).numpy()
+    np.testing.assert_allclose(onnx_backend(small), small_expected, atol=1e-4)
 
 
 def test_torch_export_based_exporter_also_matches(module, batch, expected):

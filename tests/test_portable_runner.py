@@ -185,7 +185,7 @@ def assert_same_outputs(actual_dir: Path, expected_dir: Path) -> None:
         np.testing.assert_allclose(
             np.asarray(row["feature_vector"], np.float32),
             np.asarray(want["feature_vector"], np.float32),
-            rtol=1e-5, atol=1e-5, err_msg=name,
+            rtol=1e-6, atol=1e-5, err_msg=name,
         )
     key = lambda e: (e["reason"], e.get("source", ""), str(e.get("row", e.get("raw_line"))))  # noqa: E731
     assert sorted(read_errors(actual_dir), key=key) == sorted(read_errors(expected_dir), key=key)

@@ -1,0 +1,107 @@
+"""The job under failure: bad checkpoints at the CLI, a crash part-way, reruns, remote weights."""
+from __future__ import annotations
+
+import glob
+import io
+
+import pytest
+import torch
+from apache_beam.io.filesystem import FileSystem
+
+from pipeline import run
+from pipeline.run import main
+from tests.pipeline_helpers import COLUMNS, read_errors, read_parquet_features, read_seed_rows, write_csv
+from transforms import inference, write
+from weights import BUNDLED_WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def small_table(tmp_path_factory, seed_table):
+    rows = [[r[c] for c in COLUMNS] for r in read_seed_rows(seed_table)[:30]]
+    rows.append([999, -1, "99", "bad/empty", ""])
+    path = tmp_path_factory.mktemp("in") / "t.csv"
+    write_csv(path, rows)
+    return path
+
+
+def _bad_checkpoints(tmp_path):
+    good = open(BUNDLED_WEIGHTS, "rb").read()
+    (tmp_path / "truncated.pth").write_bytes(good[: len(good) // 2])
+    (tmp_path / "random.pth").write_bytes(bytes(range(256)) * 64)
+    state = torch.load(BUNDLED_WEIGHTS, weights_only=True)
+    del state["conv5.conv.weight"]
+    torch.save(state, tmp_path / "missing.pth")
+    return [
+        (["--weights", str(tmp_path / "truncated.pth")], "truncated.pth"),
+        (["--weights", str(tmp_path / "random.pth")], "random.pth"),
+        (["--weights", str(tmp_path / "missing.pth")], "missing"),
+        (["--arch", "osnet_ibn_x1_0"], "osnet_ibn_x1_0"),
+        (["--weights", str(tmp_path / "absent.pth")], "absent.pth"),
+    ]
+
+
+def test_bad_checkpoints_stop_the_cli_with_a_clear_error(tmp_path, small_table, capsys):
+    for flags, named in _bad_checkpoints(tmp_path):
+        status = main(["--input", str(small_table), "--output", str(tmp_path / "out"), *flags])
+        message = capsys.readouterr().err
+        assert status == 2, flags
+        assert "error:" in message and named in message, (flags, message)
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_job_that_fails_part_way_leaves_no_final_shards_and_a_rerun_is_complete(
+    tmp_path, small_table, monkeypatch
+):
+    out = tmp_path / "out"
+    original = write._ToOutputRow.process
+    seen = []
+
+    def crash_after_ten(self, element):
+        seen.append(1)
+        if len(seen) > 10:
+            raise RuntimeError("worker lost (simulated)")
+        yield from original(self, element)
+
+    monkeypatch.setattr(write._ToOutputRow, "process", crash_after_ten)
+    with pytest.raises(Exception, match="simulated"):
+        run(["--input", str(small_table), "--output", str(out), "--batch_size", "4"])
+    assert glob.glob(str(out / "features-*")) == [] and glob.glob(str(out / "errors-*")) == []
+
+    monkeypatch.setattr(write._ToOutputRow, "process", original)
+    run(["--input", str(small_table), "--output", str(out)])
+    first = sorted(read_parquet_features(out).column("file").to_pylist())
+    run(["--input", str(small_table), "--output", str(out)])  # a rerun over the same directory
+    assert sorted(read_parquet_features(out).column("file").to_pylist()) == first
+    assert len(first) == 30 and [e["reason"] for e in read_errors(out)] == ["empty_cell"]
+
+
+class _MemoryFileSystem(FileSystem):
+    """A Beam filesystem for ``memtest://``: stands in for gs:// or s3:// and counts reads."""
+
+    files: dict[str, bytes] = {}
+    opened: list[str] = []
+
+    @classmethod
+    def scheme(cls):
+        return "memtest"
+
+    def open(self, path, mime_type="application/octet-stream", compression_type=None):
+        self.opened.append(path)
+        return io.BytesIO(self.files[path])
+
+    def _unsupported(self, *args, **kwargs):
+        raise NotImplementedError
+
+    join = split = mkdirs = has_dirs = _list = create = copy = rename = exists = _unsupported
+    size = last_updated = checksum = delete = metadata = _unsupported
+
+
+def test_weights_from_another_filesystem_are_copied_once(tmp_path, small_table, monkeypatch):
+    path = "memtest://bucket/models/osnet_x0_25_msmt17.pth"
+    _MemoryFileSystem.files[path] = open(BUNDLED_WEIGHTS, "rb").read()
+    _MemoryFileSystem.opened.clear()
+    monkeypatch.setattr(inference, "_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(inference, "_ENCODERS", {})
+    run(["--input", str(small_table), "--output", str(tmp_path / "out"), "--weights", path])
+    assert _MemoryFileSystem.opened == [path]  # launcher and worker share the machine's cache
+    assert read_parquet_features(tmp_path / "out").num_rows == 30
