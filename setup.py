@@ -25,7 +25,16 @@ setup(
     ],
     extras_require={
         "dataflow": ["apache-beam[gcp]>=2.60"],
-        "test": ["pytest>=7", "hypothesis>=6.80", "pandas>=2,<2.4", "psutil>=5.9", "matplotlib>=3.7"],
+        # [gcp] lets the tests build a Dataflow job offline (--dry_run) as a user would submit it
+        "test": [
+            "pytest>=7",
+            "hypothesis>=6.80",
+            "pandas>=2,<2.4",
+            "psutil>=5.9",
+            "matplotlib>=3.7",
+            "pyyaml>=6",
+            "apache-beam[gcp]>=2.60",
+        ],
     },
     entry_points={"console_scripts": ["osnet-beam=pipeline.run:main"]},
 )

@@ -34,9 +34,9 @@ __all__ = [
 BACKENDS = ("auto", "torch", "onnxruntime")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# Chosen by measurement (see bench notes in the module docstring and the project report):
-# on CPU torch eager is fastest at small batches (cache-resident activations), ONNX Runtime
-# is flat from 4 to 32; on a GPU large batches amortise the launch overhead.
+# Chosen by measurement on the 2-core CPU machine (osnet_ibn_x1_0): torch eager is fastest at
+# small batches (bs 8 ~19 img/s, bs 32 ~11), ONNX Runtime peaks at 4-8 (~115-120 img/s) and
+# falls off above 16 (bs 32 ~90, bs 64 ~60). On a GPU large batches amortise launch overhead.
 _CPU_BATCH = {"torch": 8, "onnxruntime": 8}
 _CUDA_BATCH = 128
 
@@ -110,7 +110,7 @@ class TorchBackend:
         on_cuda = self.device.startswith("cuda")
         if precision != "fp32" and not on_cuda:
             raise ValueError(f"precision={precision!r} needs CUDA; on CPU only fp32 is supported")
-        if threads is not None:
+        if threads is not None:  # process-wide in torch: the last backend created wins
             torch.set_num_threads(threads)
         self.precision = precision
         self.dtype = PRECISIONS[precision]

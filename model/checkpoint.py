@@ -49,7 +49,7 @@ def _describe(source: Any) -> str:
         return os.fspath(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"<{len(source)} bytes>"
-    return getattr(source, "name", None) or f"<{type(source).__name__}>"
+    return str(getattr(source, "name", None) or f"<{type(source).__name__}>")
 
 
 def _load_object(source: CheckpointSource) -> Any:
@@ -63,7 +63,10 @@ def _load_object(source: CheckpointSource) -> Any:
         target = io.BytesIO(bytes(source))
     elif hasattr(source, "read"):
         # Streams from remote file systems are often not seekable; torch.load needs seek.
-        target = io.BytesIO(source.read())
+        data = source.read()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{where} must be opened in binary mode (read() returned {type(data).__name__})")
+        target = io.BytesIO(bytes(data))
     else:
         raise TypeError(f"checkpoint source must be a path, bytes or a binary file object, not {type(source).__name__}")
     try:

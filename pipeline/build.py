@@ -56,6 +56,7 @@ def build_pipeline(p: beam.Pipeline, options: OsNetOptions, plan: JobPlan) -> di
         precision=options.precision,
         batch_size=options.batch_size,
         channel_order=options.channel_order,
+        threads=options.threads,
         share_across_processes=options.share_model_across_processes,
     )
     encoded = decoded.crops | "EncodeCrops" >> EncodeCrops(handler)

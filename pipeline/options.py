@@ -70,6 +70,11 @@ class OsNetOptions(PipelineOptions):
             help="Compute precision; fp16/bf16 only on CUDA.",
         )
         group.add_argument(
+            "--threads", type=int, default=None,
+            help="CPU threads per model (default: every core the process may use); set it to "
+            "cores / processes when running several SDK processes per machine.",
+        )
+        group.add_argument(
             "--channel_order", default="rgb", choices=("rgb", "bgr"),
             help="Channel order of the stored pixels (bgr for crops cut with OpenCV).",
         )

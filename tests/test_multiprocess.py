@@ -9,6 +9,7 @@ input has two CSV shards, so that both processes really get rows to decode and e
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from pipeline import run
 from tests.pipeline_helpers import COLUMNS, read_seed_rows, write_csv
 from tests.test_portable_runner import assert_same_outputs
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 MULTI_PROCESS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 LOADED = "loaded OsNetEncoder"  # logged by transforms.inference each time a process builds one
 
@@ -43,9 +45,12 @@ def default_run(two_shards, tmp_path_factory) -> tuple[Path, dict[str, int]]:
     ids=["model-per-process", "model-shared-across-processes"],
 )
 def test_multi_processing_gives_the_default_runs_rows(
-    two_shards, default_run, tmp_path, caplog, extra, loads
+    two_shards, default_run, tmp_path, caplog, monkeypatch, extra, loads
 ):
     caplog.set_level(logging.INFO)
+    # the SDK worker processes inherit this environment: make the project importable there
+    # whatever directory pytest runs from
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     output = tmp_path / "out"
     counters = run(["--input", str(two_shards / "*.csv"), "--output", str(output), *MULTI_PROCESS, *extra])
 

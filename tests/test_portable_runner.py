@@ -32,11 +32,16 @@ BAD_ROWS = [
 ]
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now (the service binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 right now (the services bind them a moment later)."""
+    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def service_env() -> dict[str, str]:
@@ -59,7 +64,7 @@ class Service:
         self.name = name
         self.port = port
         self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (open while the service runs)
         self.process = subprocess.Popen(
             [sys.executable, "-m", *args],
             cwd=REPO_ROOT,
@@ -108,11 +113,15 @@ class Service:
 
 @pytest.fixture(scope="module")
 def portable_services(tmp_path_factory):
-    """A job service and an EXTERNAL worker pool, each its own process, on loopback ports."""
+    """A job service and an EXTERNAL worker pool, each its own process, reached on localhost.
+
+    (Beam's servers bind every interface of the machine, which no flag changes; the job, the
+    pool and their workers only ever talk to each other through localhost.)
+    """
     log_dir = tmp_path_factory.mktemp("portable-services")
     services = []
     try:
-        job_port, pool_port = free_port(), free_port()
+        job_port, pool_port = free_ports(2)
         services.append(Service(
             "job_service",
             ["apache_beam.runners.portability.local_job_service_main", "--port", str(job_port),
@@ -140,7 +149,7 @@ def run_with_timeout(argv: list[str], timeout: float, services: list[Service]) -
     def target() -> None:
         try:
             outcome["counters"] = run(argv)
-        except BaseException as error:  # reported below, with the services' logs
+        except Exception as error:  # noqa: BLE001 (re-raised below, with the services' logs)
             outcome["error"] = error
 
     thread = threading.Thread(target=target, name="portable-job", daemon=True)
@@ -187,8 +196,11 @@ def assert_same_outputs(actual_dir: Path, expected_dir: Path) -> None:
             np.asarray(want["feature_vector"], np.float32),
             rtol=1e-6, atol=1e-5, err_msg=name,
         )
-    key = lambda e: (e["reason"], e.get("source", ""), str(e.get("row", e.get("raw_line"))))  # noqa: E731
-    assert sorted(read_errors(actual_dir), key=key) == sorted(read_errors(expected_dir), key=key)
+    assert sorted(read_errors(actual_dir), key=_error_key) == sorted(read_errors(expected_dir), key=_error_key)
+
+
+def _error_key(error: dict) -> tuple:
+    return error["reason"], error.get("source", ""), str(error.get("row", error.get("raw_line")))
 
 
 def test_portable_runner_with_external_worker_pool_matches_direct_runner(

@@ -76,6 +76,7 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, OsNetEncoder]):
         precision: str = "fp32",
         batch_size: Optional[int] = None,
         channel_order: str = "rgb",
+        threads: Optional[int] = None,
         share_across_processes: bool = False,
     ):
         super().__init__()
@@ -86,6 +87,7 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, OsNetEncoder]):
         self._precision = precision
         self._batch_size = batch_size
         self._channel_order = channel_order
+        self._threads = threads
         self._share_across_processes = share_across_processes
 
     def _config(self) -> tuple:
@@ -97,6 +99,7 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, OsNetEncoder]):
             self._precision,
             self._batch_size,
             self._channel_order,
+            self._threads,
         )
 
     def load_model(self) -> OsNetEncoder:
@@ -113,6 +116,7 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, OsNetEncoder]):
                     precision=self._precision,
                     batch_size=self._batch_size,
                     channel_order=self._channel_order,
+                    threads=self._threads,
                 )
                 _ENCODERS[key] = encoder
                 load_count += 1
