@@ -4,9 +4,9 @@ Both take the *same* loaded :class:`~model.osnet.OSNet`; the ONNX model is expor
 memory when the backend is created, so there is no second weights file to keep in sync, and the
 export is checked against torch on a probe batch before it is used.
 
-Measured on this project's 2-core CPU machine (osnet_ibn_x1_0, fp32): torch eager reaches about
-20 img/s (and gets slower with batches above ~8), ONNX Runtime about 45-130 img/s depending on
-the batch, so ``backend="auto"`` picks ONNX Runtime on CPU and torch on CUDA.
+Measured on this project's 2-core CPU machine (osnet_ibn_x1_0, fp32, batch 8): torch eager about
+45 img/s, ONNX Runtime about 107 img/s (both slower at larger batches), so ``backend="auto"``
+picks ONNX Runtime on CPU and torch on CUDA.
 """
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ __all__ = [
 BACKENDS = ("auto", "torch", "onnxruntime")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# Chosen by measurement on the 2-core CPU machine (osnet_ibn_x1_0): torch eager is fastest at
-# small batches (bs 8 ~19 img/s, bs 32 ~11), ONNX Runtime peaks at 4-8 (~115-120 img/s) and
-# falls off above 16 (bs 32 ~90, bs 64 ~60). On a GPU large batches amortise launch overhead.
+# Chosen by measurement on the 2-core CPU machine (osnet_ibn_x1_0, img/s at batch 1/4/8/16/32):
+# torch eager 32/45/45-47/31-38/28, ONNX Runtime 82/102-105/106-108/99-104/92-96 (bs 64: ~60).
+# Both peak at 4-8. On a GPU large batches amortise the kernel-launch overhead.
 _CPU_BATCH = {"torch": 8, "onnxruntime": 8}
 _CUDA_BATCH = 128
 
@@ -192,6 +192,7 @@ class OnnxRuntimeBackend:
     On CPU the session uses ``threads`` intra-op threads (default: every core this process may
     use; ONNX Runtime's own default counts physical cores of the machine, which oversubscribes a
     container that only gets a share of them) and one inter-op thread, since OSNet is a chain.
+    Several processes on one machine should split the cores between them via ``threads``.
     """
 
     name = "onnxruntime"
@@ -220,6 +221,10 @@ class OnnxRuntimeBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Idle workers sleep instead of spinning: with other busy processes on the machine (Beam
+        # runs several SDK workers per VM) spinning threads steal the cores the work needs;
+        # measured with one core busy elsewhere: 55 img/s without spinning, 33 with.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         graph = _export_onnx(module) if exporter == "auto" else _export_onnx_dynamo(copy.deepcopy(module).float().eval())
         self.session = ort.InferenceSession(graph, sess_options=options, providers=providers)
         self._input = self.session.get_inputs()[0].name
@@ -271,7 +276,7 @@ def create_backend(
     """A runtime for ``module`` (an eval-mode OSNet).
 
     Args:
-        backend: "torch", "onnxruntime", or "auto": ONNX Runtime on CPU (2-6x faster than eager
+        backend: "torch", "onnxruntime", or "auto": ONNX Runtime on CPU (~2.4x faster than eager
             torch there), torch on CUDA.
         device: "auto" (CUDA when available), "cpu" or "cuda[:N]".
         precision: "fp32", or "fp16"/"bf16" (CUDA and the torch backend only).
