@@ -10,7 +10,8 @@ on CPU the network runs on ONNX Runtime by default.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -54,6 +55,9 @@ class OsNetEncoder:
         normalize: L2-normalise every feature (off by default, as in the original tool).
         channel_order: "rgb" or "bgr" for the crops' channels.
         threads: CPU threads for the backend (default: all cores available to the process).
+        overlap_preprocessing: resize the next chunk on a helper thread while the network runs
+            the current one. None = on for CUDA (the CPU would idle while the GPU works), off on
+            CPU (the backend already uses every core).
         patch_height, patch_width: network input size (the crop is resized to it); default 256x128.
         norm_mean, norm_std: per-channel normalisation; default ImageNet's.
         num_classes: accepted for compatibility and ignored: it sized the identity classifier,
@@ -74,6 +78,7 @@ class OsNetEncoder:
         normalize: bool = False,
         channel_order: str = "rgb",
         threads: Optional[int] = None,
+        overlap_preprocessing: Optional[bool] = None,
         patch_height: int = 256,
         patch_width: int = 128,
         norm_mean: Sequence[float] = IMAGENET_MEAN,
@@ -105,6 +110,9 @@ class OsNetEncoder:
         )
         self.device = self.backend.device
         self.batch_size = batch_size or default_batch_size(self.backend.name, self.device)
+        if overlap_preprocessing is None:
+            overlap_preprocessing = self.device.startswith("cuda")
+        self._prefetcher = ThreadPoolExecutor(1, "osnet-preprocess") if overlap_preprocessing else None
         log.info(
             "OSNet %s on %s/%s (%s), batch %d", self.arch, self.backend.name, self.device, precision, self.batch_size
         )
@@ -121,15 +129,32 @@ class OsNetEncoder:
         """
         crops = list(crops)
         out = np.empty((len(crops), FEATURE_DIM), dtype=np.float32)
-        for start in range(0, len(crops), self.batch_size):
-            chunk = crops[start : start + self.batch_size]
-            batch = preprocess_batch(
-                chunk, channel_order=self.channel_order, size=self.input_size, mean=self.norm_mean, std=self.norm_std
-            )
-            out[start : start + len(chunk)] = self.backend(batch)
+        for start, batch in self._preprocessed_chunks(crops):
+            out[start : start + len(batch)] = self.backend(batch)
         if self.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
         return out
+
+    def _preprocess(self, chunk: Sequence[np.ndarray]) -> np.ndarray:
+        return preprocess_batch(
+            chunk, channel_order=self.channel_order, size=self.input_size, mean=self.norm_mean, std=self.norm_std
+        )
+
+    def _preprocessed_chunks(self, crops: list[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, batch)`` per chunk; with a prefetcher, chunk i+1 is prepared while i runs."""
+        starts = range(0, len(crops), self.batch_size)
+        if self._prefetcher is None:
+            for start in starts:
+                yield start, self._preprocess(crops[start : start + self.batch_size])
+            return
+        pending = None
+        for start in starts:
+            upcoming = (start, self._prefetcher.submit(self._preprocess, crops[start : start + self.batch_size]))
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = upcoming
+        if pending is not None:
+            yield pending[0], pending[1].result()
 
     def get_features(self, image_patches: Sequence[Any]) -> list[Optional[np.ndarray]]:
         """One float32 (512,) feature per crop, aligned with the input; None stays None.

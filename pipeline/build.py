@@ -32,6 +32,9 @@ def plan_job(options: OsNetOptions) -> JobPlan:
         if not getattr(options, flag):
             raise InputError(f"--{flag} is required (python -m pipeline --help lists the options)")
     layout = inspect_input(options.input, options.image_column, options.input_format)
+    output_column = options.output_column or options.image_column
+    if output_column != options.image_column and output_column in layout.columns:
+        raise InputError(f"--output_column {output_column!r} is already an input column")
     try:
         weights = local_weights(options.weights)
     except Exception as error:  # OSError locally, BeamIOError and friends elsewhere

@@ -131,6 +131,18 @@ def test_batch_size_does_not_change_features(references, encoders, shared_weight
     np.testing.assert_allclose(odd, default, atol=2e-5)
 
 
+def test_overlapped_preprocessing_gives_the_same_features_in_order(references, encoders, shared_weights_dir):
+    """The GPU path's prefetching (forced on here, on the CPU) changes timing, never results."""
+    stem = "osnet_x0_25_msmt17"
+    crops = references[stem][1][:11]
+    plain = OsNetEncoder(shared_weights_dir / f"{stem}.pth", GPU=False, backend="torch", batch_size=3)
+    overlapped = OsNetEncoder(
+        shared_weights_dir / f"{stem}.pth", GPU=False, backend="torch", batch_size=3, overlap_preprocessing=True
+    )
+    assert overlapped._prefetcher is not None and plain._prefetcher is None
+    np.testing.assert_array_equal(overlapped.encode_batch(crops), plain.encode_batch(crops))
+
+
 # ------------------------------------------------------------------------------------------
 # The original tool's constructor and options
 # ------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 from apache_beam.io.textio import WriteToText
 
@@ -49,10 +50,10 @@ class _ToOutputRow(beam.DoFn):
     """``(row, features)`` to an output row; logs progress while a long job runs."""
 
     def __init__(self, image_column: str, output_column: str, csv: bool, columns: Sequence[str]):
-        self._image_column = image_column
         self._output_column = output_column
         self._csv = csv
-        self._columns = list(columns)
+        self._passthrough = [name for name in columns if name != image_column]
+        self._output_order = output_columns(columns, image_column, output_column)
 
     def setup(self) -> None:
         self._count = 0
@@ -69,16 +70,13 @@ class _ToOutputRow(beam.DoFn):
         row, features = element
         self._count += 1
         self._log_progress()
-        out = {name: row.get(name) for name in self._columns if name != self._image_column}
+        out = {name: row.get(name) for name in self._passthrough}
         if self._csv:
             out[self._output_column] = encode_features_hex(features)
-            yield format_record([out[name] for name in self._output_order()])
+            yield format_record([out[name] for name in self._output_order])
         else:
             out[self._output_column] = features
             yield out
-
-    def _output_order(self) -> list[str]:
-        return output_columns(self._columns, self._image_column, self._output_column)
 
 
 class WriteFeatures(beam.PTransform):
@@ -96,7 +94,7 @@ class WriteFeatures(beam.PTransform):
         super().__init__()
         if output_format not in ("parquet", "csv"):
             raise ValueError(f"unknown output format {output_format!r}: use parquet or csv")
-        self._prefix = _join(output_dir, FEATURES_PREFIX)
+        self._prefix = FileSystems.join(output_dir, FEATURES_PREFIX)
         self._schema = input_schema
         self._image_column = image_column
         self._output_column = output_column
@@ -124,7 +122,7 @@ class WriteErrors(beam.PTransform):
 
     def __init__(self, output_dir: str, num_shards: int = 0):
         super().__init__()
-        self._prefix = _join(output_dir, ERRORS_PREFIX)
+        self._prefix = FileSystems.join(output_dir, ERRORS_PREFIX)
         self._num_shards = num_shards
 
     def expand(self, errors: beam.PCollection) -> beam.PCollection:
@@ -135,8 +133,3 @@ class WriteErrors(beam.PTransform):
             >> WriteToText(self._prefix, file_name_suffix=".jsonl", num_shards=self._num_shards)
         )
 
-
-def _join(directory: str, name: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.join(directory, name)
