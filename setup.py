@@ -22,6 +22,7 @@ setup(
         "apache-beam>=2.60",
         "onnx>=1.15",
         "onnxruntime>=1.17",
+        "onnxscript>=0.2",  # the torch.export-based ONNX exporter, the fallback of the default one
     ],
     extras_require={
         "dataflow": ["apache-beam[gcp]>=2.60"],

@@ -767,8 +767,8 @@ def bench_plot(result: dict[str, Any], path: Path) -> None:
     best = b["best_model_only"]["img_per_s"]["median"]
     ax.axvline(TARGET_VS_LOOP * loop, ls="--", color="tab:red", label=f"target: {TARGET_VS_LOOP}x original loop")
     ax.axvline(TARGET_VS_MODEL * best, ls=":", color="tab:red", label=f"target: {TARGET_VS_MODEL}x best model-only")
-    for yy, m in zip(y, medians):
-        ax.text(m, yy, f" {m:.1f}", va="center", fontsize=8)
+    for yy, m, high in zip(y, medians, highs):
+        ax.text(m + high, yy, f"  {m:.1f}", va="center", fontsize=8)
     ax.set_xlabel("crops (rows) per second: median, bars = min..max")
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"{b['inputs']['arch']} fp32, {result['meta']['machine'].get('cores_available')} CPU cores, "
@@ -1144,7 +1144,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--shared", help="reference material (default: $OSNET_SHARED_DIR or ../shared)")
     parser.add_argument("--out", help=f"results folder (default: {DEFAULT_OUT}; with --tiny a temporary one)")
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run: few crops, 1 repeat, osnet_x0_25")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--arch", default=BENCH_ARCH, help="model of mode bench (default osnet_ibn_x1_0)")
     parser.add_argument("--weights", help="weights of mode bench (default: ../shared's, else random init)")
     parser.add_argument("--loop-crops", type=int, default=120, help="crops per repeat of the original loop")
