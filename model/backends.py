@@ -15,6 +15,7 @@ import copy
 import io
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -189,10 +190,14 @@ def _onnxruntime() -> Any:
 class OnnxRuntimeBackend:
     """ONNX Runtime session on a graph exported from the module at construction (fp32 only).
 
-    On CPU the session uses ``threads`` intra-op threads (default: every core this process may
-    use; ONNX Runtime's own default counts physical cores of the machine, which oversubscribes a
-    container that only gets a share of them) and one inter-op thread, since OSNet is a chain.
-    Several processes on one machine should split the cores between them via ``threads``.
+    On CPU the session runs single-threaded, and a batch is split into single crops run
+    concurrently on ``threads`` Python threads (default: every core this process may use;
+    ``InferenceSession.run`` releases the GIL). OSNet's operators are small (depthwise and 1x1
+    convolutions on maps of at most 64x32), so splitting one image over an intra-op pool pays a
+    synchronisation per operator, while independent images keep every core busy without one:
+    measured 118 -> 148 img/s (osnet_ibn_x1_0, batch 8, 2 cores), identical features. On CUDA the
+    whole batch is one run. Several processes on one machine should split the cores between them
+    via ``threads``.
     """
 
     name = "onnxruntime"
@@ -215,8 +220,9 @@ class OnnxRuntimeBackend:
         if exporter not in ("auto", "dynamo"):
             raise ValueError(f"exporter must be 'auto' or 'dynamo', not {exporter!r}")
         self.threads = threads or _default_threads()
+        on_cpu = not self.device.startswith("cuda")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
+        options.intra_op_num_threads = 1 if on_cpu else self.threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -228,6 +234,7 @@ class OnnxRuntimeBackend:
         graph = _export_onnx(module) if exporter == "auto" else _export_onnx_dynamo(copy.deepcopy(module).float().eval())
         self.session = ort.InferenceSession(graph, sess_options=options, providers=providers)
         self._input = self.session.get_inputs()[0].name
+        self._pool = ThreadPoolExecutor(self.threads, "osnet-ort") if on_cpu and self.threads > 1 else None
         self._check_against(module)
 
     def _check_against(self, module: nn.Module) -> None:
@@ -247,9 +254,15 @@ class OnnxRuntimeBackend:
                 "use backend='torch'"
             )
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        (features,) = self.session.run(None, {self._input: _check_batch(batch)})
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        (features,) = self.session.run(None, {self._input: batch})
         return np.asarray(features, dtype=np.float32)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = _check_batch(batch)
+        if self._pool is None or len(batch) < 2:
+            return self._run(batch)
+        return np.concatenate(list(self._pool.map(self._run, np.split(batch, len(batch)))))
 
 
 def _resolve_backend_name(backend: str, device: str, precision: str) -> str:
