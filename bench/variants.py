@@ -228,8 +228,16 @@ def main(argv=None) -> int:
             child_e2e(args.child[0], spec)
         return 0
 
-    shared = rb.find_shared(args.shared)
+    rb.signal.signal(rb.signal.SIGTERM, rb._exit_on_sigterm)  # unwind: child killed, files removed
     work = Path(tempfile.mkdtemp(prefix="osnet-variants-"))
+    try:
+        return _measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure(args: argparse.Namespace, work: Path) -> int:
+    shared = rb.find_shared(args.shared)
     seeds, source = rb.seed_rows(shared)
     weights, weights_source = rb.bench_weights(shared, args.arch, args.weights, work)
     table = work / "table.csv"
@@ -276,7 +284,6 @@ def main(argv=None) -> int:
     record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv), "arch": args.arch,
               "weights": weights_source, "crops": source, "machine": rb.machine_info(), "summary": summary, "runs": runs}
     (out / f"variants_{args.what}.json").write_text(json.dumps(record, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
