@@ -8,7 +8,8 @@ by patching ``model`` in a child process (nothing in model/ is changed by this s
 
 Variants (combine with ``_``, e.g. ``fused_par1``):
 
-- ``base``: the code as it is.
+- ``base``: the code as it is (since commit 1fa6355 that includes R1 = ``par1`` and R2 in a
+  bit-identical form; the other variants patch on top of it).
 - ``fused``: preprocessing that writes each resized crop straight into the float32 NCHW batch with
   one multiply-add per channel (same values to 5e-7) instead of stack -> astype -> /255 -> -mean ->
   /std -> transpose -> copy.
@@ -21,6 +22,8 @@ Variants (combine with ``_``, e.g. ``fused_par1``):
   the network runs the current one; on by default on CUDA only) turned on for CPU.
 - ``inpool`` (with ``par1``): each of those threads also resizes its own crop before running it,
   so resizing runs on both cores, between inferences, instead of on the pipeline's thread.
+- ``full``: RunInference batches of exactly ``--batch_size`` rows (``BatchElements``' minimum set to
+  its maximum) instead of anything from a quarter of it up.
 - ``null``: a model that returns zeros at once: what the pipeline costs around the model.
 
 Each run is its own process; repeats are interleaved and wait for a quiet machine, like
@@ -138,6 +141,14 @@ def apply(variant: str) -> None:
             return out
 
         me.OsNetEncoder.encode_batch = encode_batch
+    if "full" in parts:  # RunInference batches of exactly --batch_size rows (BatchElements min = max)
+        from transforms import inference
+
+        def batch_elements_kwargs(self):
+            size = self._batch_size or 32
+            return {"min_batch_size": size, "max_batch_size": size}
+
+        inference.OsNetModelHandler.batch_elements_kwargs = batch_elements_kwargs
     if "overlap" in parts:  # the encoder's helper thread resizes chunk i+1 while chunk i runs (CUDA's default)
         original_init = me.OsNetEncoder.__init__
 
