@@ -23,7 +23,8 @@ Variants (combine with ``_``, e.g. ``fused_par1``):
 - ``inpool`` (with ``par1``): each of those threads also resizes its own crop before running it,
   so resizing runs on both cores, between inferences, instead of on the pipeline's thread.
 - ``full``: RunInference batches of exactly ``--batch_size`` rows (``BatchElements``' minimum set to
-  its maximum) instead of anything from a quarter of it up.
+  its maximum) instead of anything from a quarter of it up (the code's default since R4: then
+  the same as ``base``).
 - ``null``: a model that returns zeros at once: what the pipeline costs around the model.
 
 Each run is its own process; repeats are interleaved and wait for a quiet machine, like
@@ -52,25 +53,21 @@ from bench import run_benchmark as rb  # noqa: E402
 E2E_MARKER = "@@VARIANT@@ "
 
 
-def fused_preprocess_batch(crops, channel_order="rgb", size=None, mean=None, std=None):
-    """model.preprocess.preprocess_batch with the normalisation fused into one pass per channel."""
+def fused_normalize_batch(pixels, mean=None, std=None):
+    """model.preprocess.normalize_batch with the normalisation fused into one multiply-add per
+    channel (values differ by up to 5e-7: the folded constants round differently)."""
     import numpy as np
-    from PIL import Image
 
     from model import preprocess as mp
 
-    width, height = (int(v) for v in (size or mp.INPUT_SIZE))
     mean = np.asarray(mp.IMAGENET_MEAN if mean is None else mean, np.float32)
     std = np.asarray(mp.IMAGENET_STD if std is None else std, np.float32)
     scale = (1.0 / (255.0 * std)).astype(np.float32)
     bias = (-mean / std).astype(np.float32)
-    crops = list(crops)
-    out = np.empty((len(crops), 3, height, width), np.float32)
-    for index, crop in enumerate(crops):
-        rgb = np.asarray(Image.fromarray(mp.to_rgb(crop, channel_order)).resize((width, height), Image.BILINEAR))
-        for channel in range(3):
-            np.multiply(rgb[:, :, channel], scale[channel], out=out[index, channel], casting="unsafe")
-            out[index, channel] += bias[channel]
+    out = np.empty((len(pixels), 3, pixels.shape[1], pixels.shape[2]), np.float32)
+    for channel in range(3):
+        np.multiply(pixels[:, :, :, channel], scale[channel], out=out[:, channel], casting="unsafe")
+        out[:, channel] += bias[channel]
     return out
 
 
@@ -102,7 +99,7 @@ def apply(variant: str) -> None:
 
     parts = set(variant.split("_"))
     if "fused" in parts:
-        me.preprocess_batch = fused_preprocess_batch
+        me.normalize_batch = fused_normalize_batch
     if "nospin" in parts:
         import onnxruntime as ort
 
@@ -131,9 +128,7 @@ def apply(variant: str) -> None:
                 raise ValueError("inpool needs a par1 backend")
 
             def one(crop):
-                batch = me.preprocess_batch([crop], channel_order=self.channel_order, size=self.input_size,
-                                            mean=self.norm_mean, std=self.norm_std)
-                return backend.inner(batch)
+                return backend.inner(self._prepare([crop]))
 
             out = np.concatenate(list(backend.pool.map(one, crops))) if crops else np.empty((0, 512), np.float32)
             if self.normalize:
@@ -146,7 +141,7 @@ def apply(variant: str) -> None:
 
         def batch_elements_kwargs(self):
             size = self._batch_size or 32
-            return {"min_batch_size": size, "max_batch_size": size}
+            return {"min_batch_size": size, "max_batch_size": size}  # what the code does since R4
 
         inference.OsNetModelHandler.batch_elements_kwargs = batch_elements_kwargs
     if "overlap" in parts:  # the encoder's helper thread resizes chunk i+1 while chunk i runs (CUDA's default)

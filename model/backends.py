@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import io
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -29,16 +30,19 @@ __all__ = [
     "TorchBackend",
     "create_backend",
     "default_batch_size",
+    "planned_batch_size",
     "resolve_device",
 ]
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# Chosen by measurement on the 2-core CPU machine (osnet_ibn_x1_0, img/s at batch 1/4/8/16/32):
-# torch eager 32/45/45-47/31-38/28, ONNX Runtime 82/102-105/106-108/99-104/92-96 (bs 64: ~60).
-# Both peak at 4-8. On a GPU large batches amortise the kernel-launch overhead.
-_CPU_BATCH = {"torch": 8, "onnxruntime": 8}
+# Chosen by measurement on the 2-core CPU machine (osnet_ibn_x1_0): torch eager peaks at batch
+# 4-8 (32/45/45-47/31-38/28 img/s at 1/4/8/16/32). ONNX Runtime, as OnnxRuntimeBackend runs it
+# (single crops on one thread per core), is flat from 8 to 64 (141-144 img/s), and a batch of 32
+# leaves its threads idle at most once per 32 crops: +7% end to end over 8 (bench/README.md, R4).
+# On a GPU large batches amortise the kernel-launch overhead (bench/gpu_benchmark.py).
+_CPU_BATCH = {"torch": 8, "onnxruntime": 32}
 _CUDA_BATCH = 128
 
 _INPUT_NAME = "images"
@@ -94,12 +98,34 @@ def _check_batch(batch: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 
+def _use_ieee_fp32_on_cuda() -> None:
+    """fp32 means fp32: turn off TF32 in cuDNN convolutions and cuBLAS matmuls.
+
+    PyTorch lets cuDNN run fp32 convolutions in TF32 (10-bit mantissa) on Ampere and later by
+    default, which moves OSNet's features by ~1e-3 relative: past the 0.99999 cosine this
+    project promises for fp32. Process-wide, like every such switch in torch; fp16/bf16 runs
+    are not affected (they do not use fp32 math in the convolutions).
+    """
+    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
+    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):  # torch >= 2.9
+        cudnn_conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 class TorchBackend:
     """Eager PyTorch under ``inference_mode``.
 
     On CUDA the input is copied from pinned memory without blocking, and fp16/bf16 run the
     network in that dtype with channels_last tensors (the layout tensor cores want); the output is
-    returned as float32. Reduced precision on CPU is refused: it is slower there, not faster.
+    returned as float32. fp32 on CUDA is IEEE fp32 (TF32 off). Reduced precision on CPU is
+    refused: it is slower there, not faster.
+
+    Besides float32 batches, :meth:`features_from_pixels` takes resized uint8 pixels and
+    normalises them on the device: a quarter of the bytes to copy, and no normalisation work
+    for the CPU, which feeds a GPU at its limit.
     """
 
     name = "torch"
@@ -113,6 +139,8 @@ class TorchBackend:
             raise ValueError(f"precision={precision!r} needs CUDA; on CPU only fp32 is supported")
         if threads is not None:  # process-wide in torch: the last backend created wins
             torch.set_num_threads(threads)
+        if on_cuda and precision == "fp32":
+            _use_ieee_fp32_on_cuda()
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         self._memory_format = torch.channels_last if precision != "fp32" else torch.contiguous_format
@@ -121,15 +149,47 @@ class TorchBackend:
             module = copy.deepcopy(module)
         self.module = module.eval().to(device=self.device, dtype=self.dtype, memory_format=self._memory_format)
         self._pin = on_cuda
+        self._normalization: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        tensor = torch.from_numpy(_check_batch(batch))
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
         if self._pin:
             tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def _run(self, tensor: torch.Tensor) -> np.ndarray:
         tensor = tensor.to(dtype=self.dtype, memory_format=self._memory_format)
         with torch.inference_mode():
             features = self.module(tensor)
         return features.float().cpu().numpy()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(self._to_device(_check_batch(batch)))
+
+    def normalize_pixels(self, pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) on the device, equal bit for bit to
+        :func:`model.preprocess.normalize_batch` (the same three correctly rounded float32
+        operations; divisors are device tensors, since torch turns division by a Python scalar
+        into multiplication by its reciprocal, which rounds differently). The result is an
+        NCHW view of NHWC memory: channels_last, as reduced precision wants it.
+        """
+        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[3] != 3:
+            raise ValueError(f"expected uint8 pixels (N, H, W, 3), got {getattr(pixels, 'dtype', type(pixels))} "
+                             f"{getattr(pixels, 'shape', '')}")
+        key = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
+        constants = self._normalization.get(key)
+        if constants is None:
+            as_column = lambda values: torch.tensor(values, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+            constants = (as_column([255.0] * 3), as_column(key[0]), as_column(key[1]))
+            self._normalization[key] = constants
+        full_scale, mean_t, std_t = constants
+        with torch.inference_mode():
+            tensor = self._to_device(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)
+            return tensor.to(torch.float32).div_(full_scale).sub_(mean_t).div_(std_t)
+
+    def features_from_pixels(self, pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+        """Features of resized uint8 (N, H, W, 3) pixels, normalised on the device."""
+        return self._run(self.normalize_pixels(pixels, mean, std))
 
 
 def _export_onnx(module: nn.Module) -> bytes:
@@ -318,3 +378,22 @@ def default_batch_size(backend_name: str, device: str) -> int:
     if device.startswith("cuda"):
         return _CUDA_BATCH
     return _CPU_BATCH[backend_name]
+
+
+def planned_batch_size(backend: str = "auto", device: str = "auto", precision: str = "fp32") -> int:
+    """:func:`default_batch_size` for options as given, decided where the job is built.
+
+    For sizing batches before any model exists (Beam's ``BatchElements`` is configured when the
+    graph is built, possibly on a launcher without the workers' GPU): ``device="cuda"`` is taken
+    at its word without checking for a GPU here, and only ``"auto"`` looks at this machine.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, not {precision!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if backend == "auto":
+        on_cuda = device.startswith("cuda") or precision != "fp32"
+        backend = "torch" if on_cuda or importlib.util.find_spec("onnxruntime") is None else "onnxruntime"
+    return default_batch_size(backend, device)

@@ -12,7 +12,15 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INPUT_SIZE", "preprocess_batch", "to_rgb"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INPUT_SIZE",
+    "normalize_batch",
+    "preprocess_batch",
+    "resize_batch",
+    "to_rgb",
+]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -57,6 +65,71 @@ def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
 
 
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    width, height = (int(v) for v in size)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"size must be a positive (width, height), not {size}")
+    return width, height
+
+
+def _check_normalization(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    mean_arr = np.asarray(mean, dtype=np.float32)
+    std_arr = np.asarray(std, dtype=np.float32)
+    if mean_arr.shape != (3,) or std_arr.shape != (3,):
+        raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}")
+    if np.any(std_arr <= 0):
+        raise ValueError(f"std must be positive, got {list(std)}")
+    return mean_arr, std_arr
+
+
+def resize_batch(
+    crops: Sequence[np.ndarray] | Iterable[np.ndarray],
+    channel_order: str = "rgb",
+    size: tuple[int, int] = INPUT_SIZE,
+) -> np.ndarray:
+    """Crops -> resized RGB pixels, uint8 (N, H, W, 3): the CPU half of the preprocessing.
+
+    A quarter of the bytes of the float32 input, which is why GPU backends take this and
+    normalise on the device (see :func:`normalize_batch` for the arithmetic they must repeat).
+
+    Raises:
+        ValueError: a crop that is not uint8, has an unsupported shape or is empty; a bad size.
+    """
+    width, height = _check_size(size)
+    crops = list(crops)
+    pixels = np.empty((len(crops), height, width, 3), dtype=np.uint8)
+    for index, crop in enumerate(crops):
+        pixels[index] = _resize(to_rgb(crop, channel_order), (width, height))
+    return pixels
+
+
+def normalize_batch(
+    pixels: np.ndarray,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> np.ndarray:
+    """Resized uint8 (N, H, W, 3) pixels -> the network's float32 (N, 3, H, W) input.
+
+    ``(x / 255 - mean) / std`` in float32, in the reference's order of operations, so the
+    values are bit-identical to it (three correctly rounded operations per value); computed in
+    place per channel plane: no temporaries, no transpose copy. Folding it into one
+    multiply-add would be faster, but it rounds differently, and a random-weight x1.0 network
+    amplifies that past 1e-4.
+    """
+    mean_arr, std_arr = _check_normalization(mean, std)
+    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[3] != 3:
+        raise ValueError(f"expected uint8 pixels (N, H, W, 3), got {getattr(pixels, 'dtype', type(pixels))} "
+                         f"{getattr(pixels, 'shape', '')}")
+    count, height, width, _ = pixels.shape
+    batch = np.empty((count, 3, height, width), dtype=np.float32)
+    for channel in range(3):
+        plane = batch[:, channel]
+        np.divide(pixels[:, :, :, channel], np.float32(255.0), out=plane, dtype=np.float32)
+        plane -= mean_arr[channel]
+        plane /= std_arr[channel]
+    return batch
+
+
 def preprocess_batch(
     crops: Sequence[np.ndarray] | Iterable[np.ndarray],
     channel_order: str = "rgb",
@@ -64,7 +137,7 @@ def preprocess_batch(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> np.ndarray:
-    """Crops -> the network's input, float32 (N, 3, H, W).
+    """Crops -> the network's input, float32 (N, 3, H, W): :func:`resize_batch` then :func:`normalize_batch`.
 
     Args:
         crops: uint8 arrays (H, W, C) with C in {1, 3, 4}, or (H, W); sizes may differ.
@@ -74,27 +147,6 @@ def preprocess_batch(
     Raises:
         ValueError: a crop that is not uint8, has an unsupported shape or is empty; bad arguments.
     """
-    width, height = (int(v) for v in size)
-    if width <= 0 or height <= 0:
-        raise ValueError(f"size must be a positive (width, height), not {size}")
-    mean_arr = np.asarray(mean, dtype=np.float32)
-    std_arr = np.asarray(std, dtype=np.float32)
-    if mean_arr.shape != (3,) or std_arr.shape != (3,):
-        raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}")
-    if np.any(std_arr <= 0):
-        raise ValueError(f"std must be positive, got {list(std)}")
-
-    # (x / 255 - mean) / std in float32, in the reference's order of operations (so the values
-    # are bit-identical to it), computed in place in the NCHW batch: no temporaries, no
-    # transpose copy. Folding it into one multiply-add would be faster still, but it rounds
-    # differently, and a random-weight x1.0 network amplifies that past 1e-4.
-    crops = list(crops)
-    batch = np.empty((len(crops), 3, height, width), dtype=np.float32)
-    for index, crop in enumerate(crops):
-        rgb = _resize(to_rgb(crop, channel_order), (width, height))
-        for channel in range(3):
-            plane = batch[index, channel]
-            np.divide(rgb[:, :, channel], np.float32(255.0), out=plane, dtype=np.float32)
-            plane -= mean_arr[channel]
-            plane /= std_arr[channel]
-    return batch
+    _check_size(size)
+    _check_normalization(mean, std)  # before the work, not after it
+    return normalize_batch(resize_batch(crops, channel_order, size), mean, std)

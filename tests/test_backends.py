@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model import create_backend, default_batch_size, load_osnet
-from model.backends import FeatureBackend, OnnxRuntimeBackend, TorchBackend
+from model.backends import FeatureBackend, OnnxRuntimeBackend, TorchBackend, planned_batch_size
 from tests._reference import row_cosine
 
 
@@ -123,3 +123,35 @@ def test_cuda_precisions(module, batch, expected, precision):
     out = backend(batch)
     assert out.dtype == np.float32
     assert row_cosine(out, expected).min() >= (0.9999 if precision == "fp32" else 0.99)
+
+
+def test_torch_backend_normalises_pixels_as_the_cpu_does(module):
+    """The path GPU workers take (uint8 in, normalised by torch on the device), run here on CPU:
+    the same float32 values bit for bit, hence the same features."""
+    from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_batch
+
+    pixels = np.random.default_rng(3).integers(0, 256, size=(4, 256, 128, 3), dtype=np.uint8)
+    backend = TorchBackend(module, "cpu")
+    on_device = backend.normalize_pixels(pixels, IMAGENET_MEAN, IMAGENET_STD)
+    np.testing.assert_array_equal(on_device.numpy(), normalize_batch(pixels))
+    np.testing.assert_array_equal(
+        backend.features_from_pixels(pixels, IMAGENET_MEAN, IMAGENET_STD), backend(normalize_batch(pixels))
+    )
+    with pytest.raises(ValueError, match="uint8 pixels"):
+        backend.normalize_pixels(pixels.astype(np.float32), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_planned_batch_size_needs_no_gpu_on_the_launcher(monkeypatch):
+    """BatchElements is sized where the job is built: a launcher without a GPU plans a CUDA job."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert planned_batch_size("auto", "cuda") == default_batch_size("torch", "cuda")
+    assert planned_batch_size("auto", "auto") == default_batch_size("onnxruntime", "cpu")
+    assert planned_batch_size("torch", "cpu") == default_batch_size("torch", "cpu")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert planned_batch_size("auto", "cpu") == default_batch_size("torch", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert planned_batch_size("auto", "auto", "fp16") == default_batch_size("torch", "cuda")
+    with pytest.raises(ValueError, match="precision"):
+        planned_batch_size("auto", "cpu", "int8")
+    with pytest.raises(ValueError, match="backend"):
+        planned_batch_size("tensorrt", "cpu")

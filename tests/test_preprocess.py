@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from model import preprocess_batch
+from model.preprocess import normalize_batch, resize_batch
 from tests._reference import read_crop
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -126,3 +127,33 @@ def test_invalid_arguments():
         preprocess_batch(crops, std=(0.5, 0.0, 0.5))
     with pytest.raises(ValueError, match="size"):
         preprocess_batch(crops, size=(0, 256))
+
+
+def test_resize_batch_is_pillows_resize_as_uint8():
+    crops = _random_crops(8, 3) + _random_crops(9, 1) + _random_crops(10, 4)
+    pixels = resize_batch(crops)
+    assert pixels.shape == (len(crops), 256, 128, 3) and pixels.dtype == np.uint8
+    modes = {1: "L", 3: "RGB", 4: "RGBA"}
+    for crop, row in zip(crops, pixels):
+        image = Image.fromarray(crop[:, :, 0] if crop.shape[2] == 1 else crop, modes[crop.shape[2]])
+        np.testing.assert_array_equal(row, np.asarray(image.convert("RGB").resize((128, 256), Image.BILINEAR)))
+
+
+def test_normalize_batch_is_the_reference_arithmetic_bit_for_bit():
+    """Each value is ((x / 255) - mean) / std in float32, three correctly rounded operations."""
+    pixels = np.random.default_rng(11).integers(0, 256, size=(3, 16, 8, 3), dtype=np.uint8)
+    batch = normalize_batch(pixels)
+    assert batch.shape == (3, 3, 16, 8) and batch.dtype == np.float32 and batch.flags.c_contiguous
+    x = pixels.transpose(0, 3, 1, 2).astype(np.float32)
+    expected = (x / np.float32(255.0) - MEAN.reshape(1, 3, 1, 1)) / STD.reshape(1, 3, 1, 1)
+    np.testing.assert_array_equal(batch, expected)
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [np.zeros((2, 8, 8, 3), np.float32), np.zeros((8, 8, 3), np.uint8), np.zeros((2, 8, 8, 4), np.uint8), None],
+    ids=["float", "3d", "4-channels", "none"],
+)
+def test_normalize_batch_rejects_what_is_not_resized_pixels(pixels):
+    with pytest.raises(ValueError, match=r"uint8 pixels \(N, H, W, 3\)"):
+        normalize_batch(pixels)

@@ -27,6 +27,7 @@ from apache_beam.ml.inference.base import (
 )
 
 from model import OsNetEncoder
+from model.backends import planned_batch_size
 from transforms.errors import ERRORS_TAG, error_record
 from transforms.read import METRICS_NAMESPACE
 from transforms.reasons import Reason
@@ -139,8 +140,10 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, OsNetEncoder]):
         return METRICS_NAMESPACE
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        size = self._batch_size or 32
-        return {"min_batch_size": max(1, size // 4), "max_batch_size": size}
+        """Batches of exactly the encoder's batch size (the last one of a bundle excepted): one
+        backend call each, no remainder chunk that leaves cores or the GPU half idle."""
+        size = self._batch_size or planned_batch_size(self._backend, self._device, self._precision)
+        return {"min_batch_size": size, "max_batch_size": size}
 
     def share_model_across_processes(self) -> bool:
         return self._share_across_processes
