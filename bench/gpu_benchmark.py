@@ -18,8 +18,8 @@ Three sections, each its own result in ``--out`` (default bench/results/gpu_late
   median of ``--repeats`` timed runs of at least ``--min-seconds`` each, CUDA-synchronised (every
   call returns features in host memory).
 - ``e2e``: the pipeline as ``python -m pipeline`` builds it (CSV in, Parquet out, ``--device
-  cuda --precision fp16``) on the DirectRunner with 1..N SDK worker processes (``--workers``),
-  rows stamped as they leave the model, from every process. Reports the steady rate over the
+  cuda --precision fp16``) on the DirectRunner with 1..N SDK worker processes, each with its own
+  model or one model shared by them, at chosen batch sizes (``--e2e-configs``), rows stamped as they leave the model, from every process. Reports the steady rate over the
   central 90% of rows, the first-to-last rate, start-up and wall time, and the ratio to the
   model alone (pixels path, the pipeline's batch size and precision).
 
@@ -35,6 +35,7 @@ import csv
 import datetime
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -245,23 +246,41 @@ def write_shards(directory: Path, seeds: list[list[Any]], shards: int, rows_per_
     return paths
 
 
-def run_e2e(args: argparse.Namespace, seeds: list[list[Any]], weights: str, workdir: Path) -> dict[str, Any]:
+def parse_config(text: str) -> tuple[int, bool, Optional[int]]:
+    """``K[s][@B]``: K SDK processes, ``s`` = one model shared by them, ``@B`` = ``--batch_size=B``."""
+    match = re.fullmatch(r"(\d+)(s?)(?:@(\d+))?", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"an e2e configuration is K[s][@B] (e.g. 16, 8s, 16s@512), not {text!r}")
+    return int(match[1]), bool(match[2]), int(match[3]) if match[3] else None
+
+
+def run_e2e(args: argparse.Namespace, seeds: list[list[Any]], weights: str, workdir: Path,
+            progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """The e2e runs; ``progress`` gets the section's result after each run (a killed benchmark
+    keeps the runs it finished)."""
+    from model.backends import planned_batch_size
+
     shard_rows = args.shard_rows
-    configs = [(k, False) for k in args.workers] + [(k, True) for k in args.shared_model_workers]
-    shards_needed = {k: max(1, -(-args.rows_per_worker * k // shard_rows)) for k, _ in configs}
+    configs = [parse_config(text) for text in args.e2e_configs]
+    shards_needed = {k: max(1, -(-args.rows_per_worker * k // shard_rows)) for k, _, _ in configs}
     started = time.perf_counter()
-    shards = write_shards(workdir / "shards", seeds, max(shards_needed.values()), shard_rows)
+    # a few distinct shards, each linked under several names: the page cache serves them, and
+    # the table costs seconds to make however many rows the largest run reads
+    distinct = write_shards(workdir / "shards", seeds, min(args.distinct_shards, max(shards_needed.values())), shard_rows)
+    shards = [distinct[i % len(distinct)] for i in range(max(shards_needed.values()))]
     size_gib = sum(p.stat().st_size for p in shards) / 2**30
-    log(f"  e2e table: {len(shards)} shards x {shard_rows} rows ({size_gib:.2f} GiB) in {time.perf_counter() - started:.1f}s")
+    log(f"  e2e table: {len(shards)} shards x {shard_rows} rows ({size_gib:.2f} GiB; {len(distinct)} distinct) "
+        f"in {time.perf_counter() - started:.1f}s")
     # SDK worker processes import the project and the probe by name
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     runs: dict[str, Any] = {}
-    for workers, shared_model in configs:
-        label = f"{workers}+shared" if shared_model else str(workers)
+    section = {"shard_rows": shard_rows, "precision": args.e2e_precision, "device": args.e2e_device,
+               "pipeline_args": args.e2e_arg, "runs": runs}
+    for (workers, shared_model, batch_size), label in zip(configs, args.e2e_configs):
         folder = workdir / f"input_{label}"
         folder.mkdir()
-        for path in shards[: shards_needed[workers]]:
-            (folder / path.name).symlink_to(path)
+        for index, path in enumerate(shards[: shards_needed[workers]]):
+            (folder / f"part-{index:05d}.csv").symlink_to(path)
         rows = shards_needed[workers] * shard_rows
         stamp_dir = workdir / f"stamps_{label}"
         stamp_dir.mkdir()
@@ -270,29 +289,40 @@ def run_e2e(args: argparse.Namespace, seeds: list[list[Any]], weights: str, work
             pipeline_args += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
         if shared_model:
             pipeline_args.append("--share_model_across_processes")
+        if batch_size:
+            pipeline_args.append(f"--batch_size={batch_size}")
         spec = {"table": str(folder / "*.csv"), "rows": rows, "output": str(workdir / f"out_{label}"),
                 "weights": weights, "arch": MODEL_ARCH, "pipeline_args": pipeline_args, "stamp_dir": str(stamp_dir)}
         try:
-            measured = rb.run_child("e2e", spec, f"e2e_{label.replace('+', '_')}", workdir)
+            measured = rb.run_child("e2e", spec, f"e2e_{label.replace('@', '_b')}", workdir, timeout_s=args.e2e_timeout)
         except Exception as error:  # one failed configuration must not cost the others' figures
             log(f"  e2e {label} failed: {error}")
             runs[label] = {"error": str(error)[-2000:]}
+            progress(section)
             continue
         outcome = measured["result"]
         outcome["all_rows_encoded"] = outcome["rows_encoded"] == rows and outcome["counters"].get("rows_encoded") == rows
-        runs[label] = {**outcome, "wall_s_measured": measured["wall_s"], "peak_rss_mb": measured["peak_rss_mb"]}
+        runs[label] = {**outcome, "wall_s_measured": measured["wall_s"], "peak_rss_mb": measured["peak_rss_mb"],
+                       "processes": workers, "shared_model": shared_model,
+                       "batch_size": batch_size or planned_batch_size("auto", args.e2e_device, args.e2e_precision)}
         log(f"  e2e {label} processes: {rows} rows, central {outcome['central_rows_per_s'] or 0:.0f} rows/s, "
             f"first-to-last {outcome['steady_rows_per_s'] or 0:.0f} rows/s, start-up {outcome['startup_s'] or 0:.1f}s, "
             f"wall {measured['wall_s']:.1f}s, all rows: {outcome['all_rows_encoded']}")
         shutil.rmtree(workdir / f"out_{label}", ignore_errors=True)
         shutil.rmtree(stamp_dir, ignore_errors=True)
-    return {"shard_rows": shard_rows, "precision": args.e2e_precision, "device": args.e2e_device,
-            "pipeline_args": args.e2e_arg, "runs": runs}
+        progress(section)
+    return section
 
 
 # ------------------------------------------------------------------------------------------------
 # summary
 # ------------------------------------------------------------------------------------------------
+def model_rate(result: dict[str, Any], precision: str, batch: int) -> Optional[float]:
+    """Model-only images/s, pixels path (what the pipeline runs), at one precision and batch."""
+    per_size = result.get("model", {}).get("img_per_s", {}).get(precision, {}).get("pixels", {})
+    return per_size.get(str(batch), {}).get("median")
+
+
 def summarise(result: dict[str, Any], pipeline_batch: int) -> dict[str, Any]:
     """Headline figures and the issue's targets, from whatever sections ran."""
     summary: dict[str, Any] = {}
@@ -301,25 +331,29 @@ def summarise(result: dict[str, Any], pipeline_batch: int) -> dict[str, Any]:
     precision = e2e.get("precision", "fp16")
     if model.get(precision):
         pixels = model[precision]["pixels"]
-        at_batch = pixels.get(str(pipeline_batch), {}).get("median")
         best_size, best = max(((s, v["median"]) for s, v in pixels.items()), key=lambda item: item[1])
         summary["model_only"] = {"precision": precision, "path": "pixels", "pipeline_batch": pipeline_batch,
-                                 "img_per_s_at_pipeline_batch": at_batch, "best_batch": int(best_size),
-                                 "best_img_per_s": best}
+                                 "img_per_s_at_pipeline_batch": model_rate(result, precision, pipeline_batch),
+                                 "best_batch": int(best_size), "best_img_per_s": best}
     runs = {k: v for k, v in e2e.get("runs", {}).items() if v.get("central_rows_per_s")}
     if runs:
-        workers, run = max(runs.items(), key=lambda item: item[1]["central_rows_per_s"])
-        summary["e2e_best"] = {"workers": workers, "central_rows_per_s": run["central_rows_per_s"],
+        label, run = max(runs.items(), key=lambda item: item[1]["central_rows_per_s"])
+        summary["e2e_best"] = {"config": label, "batch_size": run["batch_size"],
+                               "central_rows_per_s": run["central_rows_per_s"],
                                "first_to_last_rows_per_s": run["steady_rows_per_s"]}
-        reference = summary.get("model_only", {}).get("img_per_s_at_pipeline_batch")
-        if reference:
-            ratio = run["central_rows_per_s"] / reference
-            summary["e2e_vs_model_only"] = ratio
-            summary["target_e2e_vs_model_met"] = ratio >= TARGET_E2E_VS_MODEL
+        same_batch = model_rate(result, precision, run["batch_size"])
+        if same_batch:
+            summary["e2e_vs_model_only_same_batch"] = run["central_rows_per_s"] / same_batch
+        best = summary.get("model_only", {}).get("best_img_per_s")
+        if best:
+            summary["e2e_vs_best_model_only"] = run["central_rows_per_s"] / best
+            summary["target_e2e_vs_model_met"] = run["central_rows_per_s"] / best >= TARGET_E2E_VS_MODEL
     parity = result.get("parity", {}).get("checkpoints", {})
     if parity:
-        reduced = [v[p]["cosine_vs_fp32_min"] for v in parity.values() for p in ("fp16", "bf16") if p in v]
-        summary["reduced_precision_cosine_min"] = min(reduced) if reduced else None
+        for p in ("fp16", "bf16"):
+            cosines = {stem: v[p]["cosine_vs_fp32_min"] for stem, v in parity.items() if p in v}
+            if cosines:
+                summary[f"{p}_cosine_vs_fp32_min"] = cosines
         summary["fp32_cosine_vs_torchreid_min"] = min(v["fp32"]["cosine_vs_torchreid_min"] for v in parity.values())
     return summary
 
@@ -358,17 +392,22 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("")
     runs = result.get("e2e", {}).get("runs", {})
     if runs:
-        reference = summary.get("model_only", {}).get("img_per_s_at_pipeline_batch")
-        lines += [f"| pipeline end to end ({result['e2e']['precision']}), SDK processes | rows | steady rows/s (central 90%) "
-                  "| first-to-last rows/s | vs model only | start-up | wall | peak RSS (tree) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for workers, run in runs.items():
+        precision = result["e2e"]["precision"]
+        best = summary.get("model_only", {}).get("best_img_per_s")
+        lines += [f"| pipeline end to end ({precision}): SDK processes (s: one shared model) @ batch | rows "
+                  "| steady rows/s (central 90%) | first-to-last rows/s | vs model only, same batch | vs best model only "
+                  "| start-up | wall | peak RSS (tree) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for label, run in runs.items():
             if "error" in run:
-                lines.append(f"| {workers} | failed: {run['error'].splitlines()[-1][:80]} | | | | | | |")
+                lines.append(f"| {label} | failed: {run['error'].splitlines()[-1][:80]} | | | | | | | |")
                 continue
-            ratio = f"{run['central_rows_per_s'] / reference:.2f}x" if reference and run["central_rows_per_s"] else "-"
-            lines.append(f"| {workers} | {run['rows']} | {run['central_rows_per_s'] or 0:.0f} | {run['steady_rows_per_s'] or 0:.0f} "
-                         f"| {ratio} | {run['startup_s'] or 0:.1f} s | {run['wall_s']:.1f} s | {run['peak_rss_mb']:.0f} MB |")
+            rate, same = run["central_rows_per_s"], model_rate(result, precision, run["batch_size"])
+            ratio = f"{rate / same:.2f}x" if rate and same else "-"
+            ratio_best = f"{rate / best:.2f}x" if rate and best else "-"
+            lines.append(f"| {label} @ {run['batch_size']} | {run['rows']} | {rate or 0:.0f} | {run['steady_rows_per_s'] or 0:.0f} "
+                         f"| {ratio} | {ratio_best} | {run['startup_s'] or 0:.1f} s | {run['wall_s']:.1f} s "
+                         f"| {run['peak_rss_mb']:.0f} MB |")
         lines.append("")
     lines.append("Summary: " + json.dumps(summary))
     return "\n".join(lines) + "\n"
@@ -387,22 +426,23 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", type=ints, default=[64, 128, 256, 512])
     parser.add_argument("--min-seconds", type=float, default=0.5, help="each timed model-only run lasts at least this")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=ints, default=[1, 4, 8, 12, 16], help="SDK processes per e2e run")
-    parser.add_argument("--shared-model-workers", type=ints, default=[8],
-                        help="SDK processes of e2e runs with --share_model_across_processes (one model per machine)")
+    parser.add_argument("--e2e-configs", type=words, default=["1", "4", "8", "12", "16", "8s"],
+                        help="e2e runs, each K[s][@B]: K SDK processes, s = --share_model_across_processes, "
+                        "@B = --batch_size=B (default: the pipeline's own)")
     parser.add_argument("--rows-per-worker", type=int, default=8000)
     parser.add_argument("--shard-rows", type=int, default=2000)
+    parser.add_argument("--distinct-shards", type=int, default=4, help="shards written; the others link to them")
     parser.add_argument("--e2e-precision", default="fp16")
     parser.add_argument("--e2e-device", default=None, help="default: --device")
     parser.add_argument("--e2e-arg", action="append", default=[], help="extra pipeline option for the e2e runs")
+    parser.add_argument("--e2e-timeout", type=float, default=240.0, help="seconds before one e2e run is stopped")
     parser.add_argument("--tiny", action="store_true", help="seconds-long run: few rows, short timings")
     parser.add_argument("--keep-temp", action="store_true")
     args = parser.parse_args(argv)
     args.e2e_device = args.e2e_device or args.device
     if args.tiny:
         args.batch_sizes, args.min_seconds, args.repeats = [4, 8], 0.05, 1
-        args.workers, args.rows_per_worker, args.shard_rows = [1, 2], 24, 12
-        args.shared_model_workers = [2]
+        args.e2e_configs, args.rows_per_worker, args.shard_rows = ["1", "2", "2s@4"], 24, 12
         if args.device == "cpu":
             args.precisions, args.e2e_precision = ["fp32"], "fp32"
     return args
@@ -449,7 +489,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     result["model"] = run_model(crops, weights, device, args.precisions, args.batch_sizes,
                                                 args.min_seconds, args.repeats, args.e2e_precision)
                 elif section == "e2e":
-                    result["e2e"] = run_e2e(args, seeds, weights, workdir)
+                    def progress(section_result: dict[str, Any]) -> None:
+                        result["e2e"] = section_result
+                        save()
+
+                    result["e2e"] = run_e2e(args, seeds, weights, workdir, progress)
                 else:
                     raise ValueError(f"unknown section {section!r}")
             except Exception:  # keep the other sections' figures

@@ -554,12 +554,13 @@ def wait_for_quiet(limit_s: float, threshold: float = NOISY_CORES) -> dict[str, 
 QUIET_WAIT_S = 0.0  # set from --quiet-wait
 
 
-def run_child(kind: str, spec: dict, label: str, workdir: Path) -> dict[str, Any]:
+def run_child(kind: str, spec: dict, label: str, workdir: Path, timeout_s: Optional[float] = None) -> dict[str, Any]:
     quiet = wait_for_quiet(QUIET_WAIT_S) if QUIET_WAIT_S > 0 else {}
     spec = {"kind": kind, **spec}
     spec_path = workdir / f"{label}.json"
     spec_path.write_text(json.dumps(spec))
-    measured = run_measured([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)], label, workdir)
+    measured = run_measured([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)], label, workdir,
+                            timeout_s=timeout_s)
     if measured["result"] is None:
         raise RuntimeError(f"{label}: no result line in its output")
     measured.pop("stdout")

@@ -133,17 +133,44 @@ class OsNetEncoder:
         out = np.empty((len(crops), FEATURE_DIM), dtype=np.float32)
         for start, prepared in self._prepared_chunks(crops):
             out[start : start + len(prepared)] = self._features(prepared)
-        if self.normalize:
-            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
-        return out
+        return self._maybe_normalized(out)
 
-    def _prepare(self, chunk: Sequence[np.ndarray]) -> np.ndarray:
-        """The CPU's share of the preprocessing: resized uint8 pixels for a backend that
-        normalises on its device, else the whole float32 network input."""
-        pixels = resize_batch(chunk, channel_order=self.channel_order, size=self.input_size)
+    def resize(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Crops -> resized uint8 pixels (N, H, W, 3), as :meth:`encode_pixels` takes them."""
+        return resize_batch(crops, channel_order=self.channel_order, size=self.input_size)
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Features of already resized pixels (:meth:`resize`), float32 (N, 512).
+
+        The split lets the resize, the CPU-heavy half, run where the crops are (each pipeline
+        worker process) while a model shared by a machine's processes only normalises and runs
+        the network: it receives a quarter of the float32 bytes and does none of the resizing.
+        """
+        width, height = self.input_size
+        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.shape[1:] != (height, width, 3):
+            raise ValueError(f"expected uint8 pixels (N, {height}, {width}, 3), got "
+                             f"{getattr(pixels, 'dtype', type(pixels))} {getattr(pixels, 'shape', '')}")
+        out = np.empty((len(pixels), FEATURE_DIM), dtype=np.float32)
+        for start in range(0, len(pixels), self.batch_size):
+            chunk = pixels[start : start + self.batch_size]
+            out[start : start + len(chunk)] = self._features(self._normalized(chunk))
+        return self._maybe_normalized(out)
+
+    def _maybe_normalized(self, features: np.ndarray) -> np.ndarray:
+        if self.normalize:
+            features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), np.float32(1e-12))
+        return features
+
+    def _normalized(self, pixels: np.ndarray) -> np.ndarray:
+        """Resized pixels as the backend takes them: as they are where the device normalises,
+        else the float32 network input."""
         if self._normalize_on_device:
             return pixels
         return normalize_batch(pixels, mean=self.norm_mean, std=self.norm_std)
+
+    def _prepare(self, chunk: Sequence[np.ndarray]) -> np.ndarray:
+        """The CPU's share of the preprocessing of a chunk of crops."""
+        return self._normalized(self.resize(chunk))
 
     def _features(self, prepared: np.ndarray) -> np.ndarray:
         if self._normalize_on_device:

@@ -28,6 +28,7 @@ from apache_beam.ml.inference.base import (
 
 from model import OsNetEncoder
 from model.backends import planned_batch_size
+from model.preprocess import resize_batch
 from transforms.errors import ERRORS_TAG, error_record
 from transforms.read import METRICS_NAMESPACE
 from transforms.reasons import Reason
@@ -130,7 +131,10 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, OsNetEncoder]):
         model: OsNetEncoder,
         inference_args: Optional[dict[str, Any]] = None,
     ) -> Iterable[PredictionResult]:
-        features = model.encode_batch(list(batch))
+        # Resized here, in the worker process that decoded the crops: with a model shared by the
+        # machine's processes, the model's process then only normalises and runs the network.
+        pixels = resize_batch(batch, channel_order=self._channel_order)
+        features = model.encode_pixels(pixels)
         return [PredictionResult(crop, vector) for crop, vector in zip(batch, features)]
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
