@@ -450,7 +450,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from model.backends import default_batch_size, resolve_device
+    from model.backends import planned_batch_size, resolve_device
 
     device = resolve_device(args.device)
     shared = rb.find_shared(args.shared)
@@ -463,7 +463,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "args": vars(args), "machine": rb.machine_info(), "device_info": device_info(device),
         "git": rb.git_revision(), "shared": str(shared) if shared else None,
     }}
-    pipeline_batch = default_batch_size("torch", args.e2e_device)
+    pipeline_batch = planned_batch_size("auto", args.e2e_device, args.e2e_precision)
     log(f"device {result['meta']['device_info']}; results to {out}; temporary files in {workdir}")
 
     def save() -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "OnnxRuntimeBackend",
     "TorchBackend",
     "create_backend",
+    "cuda_batch_size",
     "default_batch_size",
     "planned_batch_size",
     "resolve_device",
@@ -41,9 +42,16 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 # 4-8 (32/45/45-47/31-38/28 img/s at 1/4/8/16/32). ONNX Runtime, as OnnxRuntimeBackend runs it
 # (single crops on one thread per core), is flat from 8 to 64 (141-144 img/s), and a batch of 32
 # leaves its threads idle at most once per 32 crops: +7% end to end over 8 (bench/README.md, R4).
-# On a GPU large batches amortise the kernel-launch overhead (bench/gpu_benchmark.py).
+# On a GPU large batches amortise kernel launches and, with several SDK processes per GPU, the
+# switches between their contexts: on an H200 (fp16), model only 6,000-8,400 / 8,300-9,200 /
+# 10,200-10,900 img/s at batch 128 / 256 / 512, and the pipeline with 16 processes 5,200-6,700
+# rows/s at 128 against 8,300 at 512 (bench/README.md, "GPU").
 _CPU_BATCH = {"torch": 8, "onnxruntime": 32}
-_CUDA_BATCH = 128
+_CUDA_BATCH = 512
+# GPU memory a batch may take: the H200 run peaked at 4.1 GB allocated for 512 crops in fp32
+# (8 MB a crop, activations included); each of up to 16 SDK processes on a GPU gets 1/16 of it.
+_CUDA_BYTES_PER_CROP = 8 * 2**20
+_CUDA_PROCESSES_PER_GPU = 16
 
 _INPUT_NAME = "images"
 _OUTPUT_NAME = "features"
@@ -378,6 +386,19 @@ def default_batch_size(backend_name: str, device: str) -> int:
     if device.startswith("cuda"):
         return _CUDA_BATCH
     return _CPU_BATCH[backend_name]
+
+
+def cuda_batch_size(device: str = "cuda") -> int:
+    """The CUDA batch size for the GPU at hand: :data:`_CUDA_BATCH`, or less where 16 processes'
+    batches would not fit its memory (a power of two, at least 16): 512 on 80 GB and larger
+    cards, 256 on 40 GB, 128 on 24 GB (L4), 64 on 16 GB (T4)."""
+    index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
+    total = torch.cuda.get_device_properties(index).total_memory
+    fits = total // (_CUDA_PROCESSES_PER_GPU * _CUDA_BYTES_PER_CROP)
+    size = _CUDA_BATCH
+    while size > 16 and size > fits:
+        size //= 2
+    return size
 
 
 def planned_batch_size(backend: str = "auto", device: str = "auto", precision: str = "fp32") -> int:

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from model.backends import FeatureBackend, create_backend, default_batch_size
+from model.backends import FeatureBackend, create_backend, cuda_batch_size, default_batch_size
 from model.checkpoint import CheckpointSource, load_osnet
 from model.osnet import FEATURE_DIM, OSNet
 from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_batch, resize_batch
@@ -109,6 +109,8 @@ class OsNetEncoder:
             self.model, backend=backend, device=device, precision=precision, threads=threads
         )
         self.device = self.backend.device
+        if batch_size is None and self.device.startswith("cuda"):
+            batch_size = cuda_batch_size(self.device)  # what this GPU's memory allows
         self.batch_size = batch_size or default_batch_size(self.backend.name, self.device)
         # On a GPU the CPU only resizes; the device normalises (same values, a quarter of the bytes).
         self._normalize_on_device = self.device.startswith("cuda") and hasattr(self.backend, "features_from_pixels")

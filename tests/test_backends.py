@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model import create_backend, default_batch_size, load_osnet
-from model.backends import FeatureBackend, OnnxRuntimeBackend, TorchBackend, planned_batch_size
+from model.backends import FeatureBackend, OnnxRuntimeBackend, TorchBackend, cuda_batch_size, planned_batch_size
 from tests._reference import row_cosine
 
 
@@ -155,3 +155,15 @@ def test_planned_batch_size_needs_no_gpu_on_the_launcher(monkeypatch):
         planned_batch_size("auto", "cpu", "int8")
     with pytest.raises(ValueError, match="backend"):
         planned_batch_size("tensorrt", "cpu")
+
+
+@pytest.mark.parametrize("gib, size", [(16, 64), (24, 128), (40, 256), (80, 512), (141, 512), (4, 16)])
+def test_cuda_batch_size_fits_sixteen_processes_in_the_gpus_memory(monkeypatch, gib, size):
+    """T4 16 GB, L4 24 GB, A100 40 GB, H100 80 GB, H200 141 GB: 16 processes' fp32 batches
+    (8 MB a crop, measured) stay within the card; never under 16."""
+    class Properties:
+        total_memory = gib * 10**9
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Properties())
+    assert cuda_batch_size("cuda") == size
+    assert cuda_batch_size("cuda:1") == size

@@ -94,8 +94,8 @@ def test_submit_script_args_parse_with_our_options():
     assert options.view_as(FlinkRunnerOptions).parallelism == 4
     assert options.input == SUBMIT_ENV["INPUT"] and options.output == SUBMIT_ENV["OUTPUT"]
     assert options.weights == SUBMIT_ENV["WEIGHTS"]
-    assert options.device == "cuda" and options.share_model_across_processes
-    assert not OsNetOptions(submit_args(MODEL_SHARING="per-process")).share_model_across_processes
+    assert options.device == "cuda" and not options.share_model_across_processes
+    assert OsNetOptions(submit_args(MODEL_SHARING="shared")).share_model_across_processes
     extra = submit_args(ENVIRONMENT="docker", IMAGE="img:2", UBER_JAR="0")
     assert "--environment_config=img:2" in extra and "--flink_submit_uber_jar" not in extra
 

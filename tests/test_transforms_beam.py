@@ -100,8 +100,8 @@ def test_a_batch_the_model_fails_on_becomes_error_rows(seed_rows):
 
 @pytest.mark.parametrize(
     "kwargs, size",
-    [({"device": "cpu"}, 32), ({"device": "cpu", "backend": "torch"}, 8), ({"device": "cuda"}, 128),
-     ({"device": "cuda", "precision": "fp16"}, 128), ({"device": "cpu", "batch_size": 50}, 50)],
+    [({"device": "cpu"}, 32), ({"device": "cpu", "backend": "torch"}, 8), ({"device": "cuda"}, 512),
+     ({"device": "cuda", "precision": "fp16"}, 512), ({"device": "cpu", "batch_size": 50}, 50)],
 )
 def test_run_inference_batches_are_exactly_the_encoder_batch(kwargs, size):
     """min == max: every RunInference batch is one full backend call (the last of a bundle aside);

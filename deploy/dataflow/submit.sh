@@ -14,9 +14,9 @@
 #   GPU            t4 | l4 [t4]: NVIDIA T4 on N1 machines, or L4 on G2 machines
 #   MACHINE_TYPE   [n1-standard-8 for t4, g2-standard-8 for l4]; vCPUs = SDK processes per VM
 #   GPU_COUNT      [1] GPUs per VM (the job uses the first one; keep 1 unless you know better)
-#   MODEL_SHARING  shared | per-process | single-process [shared], see README "GPU memory":
-#                    shared: one model per VM, all SDK processes send it batches
-#                    per-process: one model per SDK process, NVIDIA MPS on
+#   MODEL_SHARING  per-process | shared | single-process [per-process], see README "GPU memory":
+#                    per-process: one model per SDK process, NVIDIA MPS on (measured fastest)
+#                    shared: one model per VM, all SDK processes send it batches (least memory)
 #                    single-process: one SDK process per VM with THREADS threads
 #   THREADS        [8] worker harness threads, single-process mode only
 #   DISK_SIZE_GB   [50] boot disk per worker: the image is several GB unpacked
@@ -48,7 +48,7 @@ MACHINE_TYPE=${MACHINE_TYPE:-$DEFAULT_MACHINE}
 GPU_COUNT=${GPU_COUNT:-1}
 WORKER_ACCELERATOR="worker_accelerator=type:${ACCELERATOR};count:${GPU_COUNT};install-nvidia-driver"
 
-MODEL_SHARING=${MODEL_SHARING:-shared}
+MODEL_SHARING=${MODEL_SHARING:-per-process}
 SHARING_ARGS=()
 case "$MODEL_SHARING" in
   shared) SHARING_ARGS=(--share_model_across_processes) ;;

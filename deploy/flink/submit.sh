@@ -16,7 +16,8 @@
 #   FLINK_MASTER        JobManager REST address host:port (kubectl port-forward svc/flink-jobmanager 8081)
 #   PARALLELISM         Flink parallelism = TaskManagers x task slots each
 #   SDK_WORKERS_PER_TM  [1] SDK processes per TaskManager (its slots share them)
-#   MODEL_SHARING       shared | per-process [shared]: one model per GPU, or one per SDK process
+#   MODEL_SHARING       per-process | shared [per-process]: one model per SDK process (measured
+#                       fastest), or one per GPU served to the others (least GPU memory)
 #   ENVIRONMENT         external | docker [external]; docker needs IMAGE and is CPU only
 #   WORKER_POOL         [localhost:50000] worker pool address as seen from a TaskManager
 #   IMAGE               SDK image, for ENVIRONMENT=docker
@@ -48,7 +49,7 @@ if [ "${UBER_JAR:-1}" = 0 ]; then RUNNER_OPTS+=(--no_uber_jar); fi
 RUNNER_TEXT=$("$PYTHON" deploy/flink/options.py "${RUNNER_OPTS[@]}")
 mapfile -t ARGS <<<"$RUNNER_TEXT"
 
-case "${MODEL_SHARING:-shared}" in
+case "${MODEL_SHARING:-per-process}" in
   shared) ARGS+=(--share_model_across_processes) ;;
   per-process) ;;
   *) echo "submit.sh: MODEL_SHARING must be shared or per-process" >&2; exit 2 ;;
