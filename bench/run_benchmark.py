@@ -1199,7 +1199,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.tiny:
         defaults = parser.parse_args([])
-        tiny = {"repeats": 1, "quiet_wait": 0.0, "loop_crops": 4, "model_images": 8, "batch_sizes": [1, 4], "e2e_rows": 24,
+        tiny = {"repeats": 1, "quiet_wait": 0.0, "loop_crops": 4, "model_images": 8, "batch_sizes": [1, 4], "e2e_rows": 100,
                 "stage_rows": 8, "scale_rows": 400, "scale_shards": 2, "scale_large_copies": 1, "scale_huge_copies": 0}
         for name, value in tiny.items():
             if getattr(args, name) == getattr(defaults, name):

@@ -168,8 +168,48 @@ def child_e2e(variant: str, spec: dict) -> None:
     print(E2E_MARKER + json.dumps(result), flush=True)
 
 
+def openvino_schemes(module, cores: int) -> dict:
+    """OpenVINO on the same exported ONNX graph, if installed (``pip install openvino``; not a
+    dependency of the project): the LATENCY hint on whole batches, and the THROUGHPUT hint with
+    its optimal number of asynchronous single-crop requests (the same idea as the product's ORT
+    scheme). Empty without openvino."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return {}
+    import numpy as np
+
+    from model.backends import _export_onnx
+
+    path = Path(tempfile.mkdtemp(prefix="osnet-ov-")) / "osnet.onnx"
+    path.write_bytes(_export_onnx(module))
+    core = ov.Core()
+    latency = core.compile_model(core.read_model(str(path)), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    single = core.read_model(str(path))
+    single.reshape([1, 3, 256, 128])
+    throughput = core.compile_model(single, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"})
+    requests = throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+    queue = ov.AsyncInferQueue(throughput, requests)
+
+    def run_latency(batch):
+        return np.asarray(latency(batch)[0], dtype=np.float32)
+
+    def run_throughput(batch):
+        out = np.empty((len(batch), 512), np.float32)
+        queue.set_callback(lambda request, index: out.__setitem__(index, request.get_output_tensor(0).data[0]))
+        for index in range(len(batch)):
+            queue.start_async({0: batch[index : index + 1]}, index)
+        queue.wait_all()
+        return out
+
+    return {"openvino LATENCY hint, whole batch": run_latency,
+            f"openvino THROUGHPUT hint, {requests} async requests of 1 crop": run_throughput}
+
+
 def child_model(spec: dict) -> None:
-    """Model only: ORT as the product runs it (intra-op pool) vs thread-parallel sub-batches."""
+    """Model only: ORT as the product runs it (single crops on one thread per core) vs an
+    other sub-batch sizes, and OpenVINO when it is installed. (The intra-op pool the product
+    used before R1 is in bench/results/variants_model.json.)"""
     import numpy as np
 
     from model.backends import OnnxRuntimeBackend, _default_threads
@@ -180,15 +220,16 @@ def child_model(spec: dict) -> None:
     batch = preprocess_batch(crops)
     module = load_osnet(spec["weights"], spec["arch"])
     cores = _default_threads()
-    pooled = OnnxRuntimeBackend(module, "cpu", threads=cores)
+    product = OnnxRuntimeBackend(module, "cpu", threads=cores)
     single = OnnxRuntimeBackend(module, "cpu", threads=1)
-    schemes = {f"intra-op {cores} threads": pooled}
-    for sub in (1, 2, 4):
+    schemes = {f"product: {cores} threads x 1 crop, intra-op 1": product}
+    for sub in (2, 4):
         schemes[f"{cores} threads x sub-batch {sub}, intra-op 1"] = ThreadParallelOrt(single, cores, sub)
-    reference = pooled(batch[:8])
-    result = {"max_abs_diff_vs_intra_op": {}, "img_per_s": {}}
+    schemes.update(openvino_schemes(module, cores))
+    reference = product(batch[:8])
+    result = {"max_abs_diff_vs_product": {}, "img_per_s": {}}
     for name, backend in schemes.items():
-        result["max_abs_diff_vs_intra_op"][name] = float(np.abs(backend(batch[:8]) - reference).max())
+        result["max_abs_diff_vs_product"][name] = float(np.abs(backend(batch[:8]) - reference).max())
         result["img_per_s"][name] = {}
         for size in spec["batch_sizes"]:
             backend(batch[:size])
@@ -284,7 +325,7 @@ def _measure(args: argparse.Namespace, work: Path) -> int:
                                for size in results[0]["img_per_s"][scheme]}
             cells = "  ".join(f"bs {size}: {s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f})"
                               for size, s in summary[scheme].items())
-            print(f"{scheme:42s} {cells}   max |diff| {results[0]['max_abs_diff_vs_intra_op'][scheme]:.1e}")
+            print(f"{scheme:42s} {cells}   max |diff| {results[0]['max_abs_diff_vs_product'][scheme]:.1e}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv), "arch": args.arch,

@@ -123,6 +123,20 @@ def test_get_features_matches_encode_batch_and_keeps_none(references, encoders, 
     assert encoder.get_features([None]) == [None]
 
 
+def test_encode_pixels_is_encode_batch_in_two_halves(references, encoders, features):
+    """What the pipeline does: resize in the worker, then encode the pixels (maybe elsewhere)."""
+    stem = "osnet_x0_25_msmt17"
+    crops, expected = references[stem][1][:37], features(stem, "onnxruntime")[:37]
+    encoder = encoders(stem, "onnxruntime")
+    pixels = encoder.resize(crops)
+    assert pixels.shape == (37, 256, 128, 3) and pixels.dtype == np.uint8
+    np.testing.assert_array_equal(encoder.encode_pixels(pixels), expected)
+    assert encoder.encode_pixels(encoder.resize([])).shape == (0, 512)
+    for wrong in (pixels.astype(np.float32), pixels[:, :128], pixels[..., :1], list(pixels)):
+        with pytest.raises(ValueError, match="expected uint8 pixels"):
+            encoder.encode_pixels(wrong)
+
+
 def test_batch_size_does_not_change_features(references, encoders, shared_weights_dir):
     stem = "osnet_x0_25_msmt17"
     crops = references[stem][1][:11]
