@@ -15,8 +15,9 @@ Three sections, each its own result in ``--out`` (default bench/results/gpu_late
   ``pixels`` (resized uint8 from host memory, normalised on the GPU: what the pipeline does),
   ``float32`` (a normalised float32 batch from host memory: four times the bytes) and
   ``resident`` (input already on the GPU: the network and nothing else). Images per second,
-  median of ``--repeats`` timed runs of at least ``--min-seconds`` each, CUDA-synchronised (every
-  call returns features in host memory).
+  median of ``--repeats`` timed runs of at least ``--min-seconds`` each, every call complete
+  when timed (``pixels`` and ``float32`` return the features in host memory, ``resident`` ends
+  with a CUDA synchronise).
 - ``e2e``: the pipeline as ``python -m pipeline`` builds it (CSV in, Parquet out, ``--device
   cuda --precision fp16``) on the DirectRunner with 1..N SDK worker processes, each with its own
   model or one model shared by them, at chosen batch sizes (``--e2e-configs``), rows stamped as they leave the model, from every process. Reports the steady rate over the
@@ -230,19 +231,11 @@ def run_model(crops: list, weights: str, device: str, precisions: Sequence[str],
 # end to end
 # ------------------------------------------------------------------------------------------------
 def write_shards(directory: Path, seeds: list[list[Any]], shards: int, rows_per_shard: int) -> list[Path]:
-    """``shards`` CSV files in the producer's format, rows made unique by frame and file."""
+    """``shards`` CSV files of one table in the producer's format, rows made unique by frame and file."""
     directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for shard in range(shards):
-        path = directory / f"part-{shard:05d}.csv"
-        with open(path, "w", newline="") as stream:
-            writer = csv.writer(stream, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
-            writer.writerow(rb.COLUMNS)
-            for k in range(rows_per_shard):
-                index = shard * rows_per_shard + k
-                frame, track, camera, name, cell = seeds[index % len(seeds)]
-                writer.writerow([index, track, camera, f"{name}#{index // len(seeds)}", cell])
-        paths.append(path)
+    paths = [directory / f"part-{shard:05d}.csv" for shard in range(shards)]
+    for shard, path in enumerate(paths):
+        rb.write_bench_table(path, rows_per_shard, seeds, first=shard * rows_per_shard)
     return paths
 
 

@@ -172,12 +172,13 @@ def seed_rows(shared: Optional[Path]) -> tuple[list[list[Any]], str]:
     return rows, "synthetic crops from pipeline.demo.synthetic_crop (198 rows, replicated): ../shared absent"
 
 
-def write_bench_table(path: Path, n_rows: int, seeds: list[list[Any]]) -> None:
-    """N rows in the producer's CSV format: the seed rows repeated, frame and file made unique."""
+def write_bench_table(path: Path, n_rows: int, seeds: list[list[Any]], first: int = 0) -> None:
+    """N rows in the producer's CSV format: the seed rows repeated, frame and file made unique
+    (rows ``first`` to ``first + N - 1`` of the endless table, for shards of one table)."""
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
         writer.writerow(COLUMNS)
-        for index in range(n_rows):
+        for index in range(first, first + n_rows):
             frame, track, camera, name, cell = seeds[index % len(seeds)]
             writer.writerow([index, track, camera, f"{name}#{index // len(seeds)}", cell])
 

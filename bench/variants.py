@@ -120,6 +120,16 @@ def apply(variant: str) -> None:
             return ThreadParallelOrt(inner, threads or mb._default_threads(), sub)
 
         me.create_backend = parallel_backend
+    if "inpool" in parts or "overlap" in parts:
+        # both change OsNetEncoder.encode_batch, which the handler no longer calls since it
+        # resizes in the worker and calls encode_pixels (commit bfd2fdf): route it back there
+        from transforms import inference
+
+        def run_inference(self, batch, model, inference_args=None):
+            features = model.encode_batch(list(batch))
+            return [inference.PredictionResult(crop, vector) for crop, vector in zip(batch, features)]
+
+        inference.OsNetModelHandler.run_inference = run_inference
     if "inpool" in parts:  # with par1: each worker thread resizes its crop, then runs it
         def encode_batch(self, crops):
             crops = list(crops)
@@ -209,8 +219,8 @@ def openvino_schemes(module, cores: int) -> dict:
 
 
 def child_model(spec: dict) -> None:
-    """Model only: ORT as the product runs it (single crops on one thread per core) vs an
-    other sub-batch sizes, and OpenVINO when it is installed. (The intra-op pool the product
+    """Model only: ORT as the product runs it (single crops on one thread per core) vs other
+    sub-batch sizes, and OpenVINO when it is installed. (The intra-op pool the product
     used before R1 is in bench/results/variants_model.json.)"""
     import numpy as np
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import io
 import os
 import warnings
@@ -22,6 +21,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 from torch import nn
+
+from model.preprocess import check_pixels
 
 __all__ = [
     "BACKENDS",
@@ -181,9 +182,7 @@ class TorchBackend:
         into multiplication by its reciprocal, which rounds differently). The result is an
         NCHW view of NHWC memory: channels_last, as reduced precision wants it.
         """
-        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[3] != 3:
-            raise ValueError(f"expected uint8 pixels (N, H, W, 3), got {getattr(pixels, 'dtype', type(pixels))} "
-                             f"{getattr(pixels, 'shape', '')}")
+        check_pixels(pixels)
         key = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
         constants = self._normalization.get(key)
         if constants is None:
@@ -392,8 +391,7 @@ def cuda_batch_size(device: str = "cuda") -> int:
     """The CUDA batch size for the GPU at hand: :data:`_CUDA_BATCH`, or less where 16 processes'
     batches would not fit its memory (a power of two, at least 16): 512 on 80 GB and larger
     cards, 256 on 40 GB, 128 on 24 GB (L4), 64 on 16 GB (T4)."""
-    index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
-    total = torch.cuda.get_device_properties(index).total_memory
+    total = torch.cuda.get_device_properties(torch.device(device).index or 0).total_memory
     fits = total // (_CUDA_PROCESSES_PER_GPU * _CUDA_BYTES_PER_CROP)
     size = _CUDA_BATCH
     while size > 16 and size > fits:
@@ -412,9 +410,4 @@ def planned_batch_size(backend: str = "auto", device: str = "auto", precision: s
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, not {precision!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
-    if backend == "auto":
-        on_cuda = device.startswith("cuda") or precision != "fp32"
-        backend = "torch" if on_cuda or importlib.util.find_spec("onnxruntime") is None else "onnxruntime"
-    return default_batch_size(backend, device)
+    return default_batch_size(_resolve_backend_name(backend, device, precision), device)

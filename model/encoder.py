@@ -19,7 +19,7 @@ import torch
 from model.backends import FeatureBackend, create_backend, cuda_batch_size, default_batch_size
 from model.checkpoint import CheckpointSource, load_osnet
 from model.osnet import FEATURE_DIM, OSNet
-from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_batch, resize_batch
+from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_pixels, normalize_batch, resize_batch
 
 __all__ = ["OsNetEncoder"]
 
@@ -109,9 +109,10 @@ class OsNetEncoder:
             self.model, backend=backend, device=device, precision=precision, threads=threads
         )
         self.device = self.backend.device
-        if batch_size is None and self.device.startswith("cuda"):
-            batch_size = cuda_batch_size(self.device)  # what this GPU's memory allows
-        self.batch_size = batch_size or default_batch_size(self.backend.name, self.device)
+        if batch_size is None:  # on a GPU, what its memory allows
+            on_cuda = self.device.startswith("cuda")
+            batch_size = cuda_batch_size(self.device) if on_cuda else default_batch_size(self.backend.name, self.device)
+        self.batch_size = batch_size
         # On a GPU the CPU only resizes; the device normalises (same values, a quarter of the bytes).
         self._normalize_on_device = self.device.startswith("cuda") and hasattr(self.backend, "features_from_pixels")
         if overlap_preprocessing is None:
@@ -148,10 +149,7 @@ class OsNetEncoder:
         worker process) while a model shared by a machine's processes only normalises and runs
         the network: it receives a quarter of the float32 bytes and does none of the resizing.
         """
-        width, height = self.input_size
-        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.shape[1:] != (height, width, 3):
-            raise ValueError(f"expected uint8 pixels (N, {height}, {width}, 3), got "
-                             f"{getattr(pixels, 'dtype', type(pixels))} {getattr(pixels, 'shape', '')}")
+        check_pixels(pixels, self.input_size)
         out = np.empty((len(pixels), FEATURE_DIM), dtype=np.float32)
         for start in range(0, len(pixels), self.batch_size):
             chunk = pixels[start : start + self.batch_size]

@@ -16,6 +16,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "INPUT_SIZE",
+    "check_pixels",
     "normalize_batch",
     "preprocess_batch",
     "resize_batch",
@@ -82,6 +83,20 @@ def _check_normalization(mean: Sequence[float], std: Sequence[float]) -> tuple[n
     return mean_arr, std_arr
 
 
+def check_pixels(pixels: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """``pixels`` if it is what :func:`resize_batch` makes (uint8 (N, H, W, 3), of ``size`` =
+    (width, height) when given), else a ValueError that says what it is instead."""
+    shape = getattr(pixels, "shape", None)
+    if (
+        not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 4 or shape[3] != 3
+        or (size is not None and shape[1:3] != (size[1], size[0]))
+    ):
+        expected = "" if size is None else f" with H x W = {size[1]} x {size[0]}"
+        raise ValueError(f"expected uint8 pixels (N, H, W, 3){expected}, got "
+                         f"{getattr(pixels, 'dtype', type(pixels).__name__)} {shape}")
+    return pixels
+
+
 def resize_batch(
     crops: Sequence[np.ndarray] | Iterable[np.ndarray],
     channel_order: str = "rgb",
@@ -117,10 +132,7 @@ def normalize_batch(
     amplifies that past 1e-4.
     """
     mean_arr, std_arr = _check_normalization(mean, std)
-    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[3] != 3:
-        raise ValueError(f"expected uint8 pixels (N, H, W, 3), got {getattr(pixels, 'dtype', type(pixels))} "
-                         f"{getattr(pixels, 'shape', '')}")
-    count, height, width, _ = pixels.shape
+    count, height, width, _ = check_pixels(pixels).shape
     batch = np.empty((count, 3, height, width), dtype=np.float32)
     for channel in range(3):
         plane = batch[:, channel]
