@@ -23,6 +23,8 @@ setup(
         "onnx>=1.15",
         "onnxruntime>=1.17",
         "onnxscript>=0.2",  # the torch.export-based ONNX exporter, the fallback of the default one
+        "tqdm>=4.60",  # evaluate's progress bar
+        "matplotlib>=3.7",  # the histograms of evaluate / compare --report
     ],
     extras_require={
         "dataflow": ["apache-beam[gcp]>=2.60"],

@@ -29,8 +29,8 @@ table.figures td, table.figures th { padding: 4px 14px 4px 0; text-align: left; 
 table.figures td.v { font-variant-numeric: tabular-nums; font-weight: 600; }
 .plot { max-width: 720px; width: 100%; }
 .rank { display: flex; align-items: flex-start; gap: 6px; margin: 10px 0; flex-wrap: nowrap; }
-.cell { display: flex; flex-direction: column; align-items: center; font-size: 11px; width: 72px; }
-.cell img, .cell .none { height: 128px; max-width: 64px; object-fit: contain; box-sizing: border-box;
+.cell { display: flex; flex-direction: column; align-items: center; font-size: 11px; width: 80px; }
+.cell img, .cell .none { height: 136px; max-width: 80px; object-fit: contain; box-sizing: border-box;
   border: 4px solid #999; background: #eee; }
 .cell .none { width: 64px; display: flex; align-items: center; justify-content: center; color: #777; }
 .cell.query img, .cell.query .none { border-color: #2f6fd6; }
