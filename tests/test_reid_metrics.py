@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -112,3 +113,19 @@ def test_top_matches_are_the_most_similar_other_camera_rows(reference):
 def test_normalise_refuses_nan():
     with pytest.raises(ValueError, match="NaN or inf"):
         normalise(np.array([[1.0, np.nan], [1.0, 0.0]]))
+
+
+def test_progress_counts_every_query_once(reference):
+    features, ids, cameras = reference
+    done = []
+    evaluate_retrieval(features, ids, cameras, cameras == "02", block=16, progress=done.append)
+    assert sum(done) == 99 and len(done) >= 99 // 16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gives_the_cpu_figures(reference):
+    features, ids, cameras = reference
+    on_cpu = evaluate_retrieval(features, ids, cameras, histogram_bins=20)
+    on_gpu = evaluate_retrieval(features, ids, cameras, histogram_bins=20, device="cuda")
+    _assert_same(_figures(on_gpu), _figures(on_cpu))
+    assert np.array_equal(on_gpu.same_identity_histogram, on_cpu.same_identity_histogram)
