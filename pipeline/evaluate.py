@@ -21,7 +21,7 @@ from pipeline.reid_metrics import HISTOGRAM_BINS, RetrievalResult, evaluate_retr
 from transforms.crop_codec import CropDecodeError, decode_crop
 
 #: Above this many (query, gallery) pairs a progress bar is shown (on a terminal).
-PROGRESS_PAIRS = 50_000_000
+PROGRESS_PAIRS = 20_000_000
 TOP_K = 10
 
 

@@ -7,6 +7,7 @@ Expected figures come from tests/reid_reference.py, which shares no code with th
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -186,3 +187,41 @@ def test_osnet_beam_dispatches_tools_and_the_job(reference_run):
     assert done.returncode == 0 and "0.6061" in done.stdout, done.stderr[-2000:]
     done = tool("pipeline.cli", "--help")
     assert done.returncode == 0 and "--output_format" in done.stdout
+
+
+def _in_terminal(args: list[str]) -> tuple[int, str]:
+    """Run a command with stdout and stderr on a pseudo-terminal; its exit status and output."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 120 columns
+    process = subprocess.Popen(args, cwd=REPO_ROOT, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the process exited
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return process.wait(timeout=600), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_evaluate_shows_a_progress_bar_on_a_terminal_only(tmp_path):
+    n = 4600  # 21M (query, gallery) pairs: over the progress threshold, seconds to run
+    rng = np.random.default_rng(3)
+    rows = [{"frame": i, "track_id": i // 4, "camera": f"{i % 3:02d}", "file": f"f{i}"} for i in range(n)]
+    run = write_parquet_run(tmp_path / "big", rows, rng.normal(size=(n, 8)).astype(np.float32))
+    args = ["--features", str(run), "--id_column", "track_id", "--camera_column", "camera"]
+    status, shown = _in_terminal([sys.executable, "-m", "pipeline.evaluate", *args])
+    assert status == 0, shown[-2000:]
+    assert re.search(rf"evaluate: +100%\|.*\| {n}/{n} ", shown), shown[-2000:]
+    quiet = tool("pipeline.evaluate", *args)
+    assert quiet.returncode == 0 and "%|" not in quiet.stderr + quiet.stdout
