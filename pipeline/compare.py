@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pipeline import feature_table, report
-from pipeline.evaluate import _pixels, add_label_arguments, query_mask, run_evaluation
+from pipeline.evaluate import add_label_arguments, crop_pixels, query_mask, run_evaluation
 from pipeline.feature_table import ToolError
 
 _CHUNK_ROWS = 65536
@@ -144,7 +144,7 @@ def write_report(args: argparse.Namespace, table_a, keys: list[str], both: list,
     moved = []
     for i in worst:
         key = both[i]
-        thumb = report.Thumb(_pixels(cells.get(key)), "", "query") if args.input else None
+        thumb = report.Thumb(crop_pixels(cells.get(key)), "", "query") if args.input else None
         moved.append((dict(zip(keys, key)), float(cosine[i]), float(max_abs[i]), thumb))
     shown = {k: v for k, v in figures.items() if not isinstance(v, (dict, list))}
     for name in ("a", "b"):

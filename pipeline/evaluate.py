@@ -105,7 +105,8 @@ def format_table(figures: dict[str, Any]) -> str:
                      for row in (names, cells))
 
 
-def _pixels(cell: Any) -> Optional[np.ndarray]:
+def crop_pixels(cell: Any) -> Optional[np.ndarray]:
+    """The crop in an input cell, or None when it is missing or not a valid crop."""
     if cell is None:
         return None
     try:
@@ -137,12 +138,12 @@ def ranked_gallery(args: argparse.Namespace, table, keys: list[str], features: n
     ranked = []
     for query, rows, sims in zip(shown, best_rows, best_sims):
         caption = f"query\nAP {average_precision[int(query)]:.2f}\nid {ids[query]}\ncam {cameras[query]}"
-        row = [report.Thumb(_pixels(cells.get(all_keys[query])), caption, "query")]
+        row = [report.Thumb(crop_pixels(cells.get(all_keys[query])), caption, "query")]
         for gallery, sim in zip(rows, sims):
             if gallery < 0:
                 continue
             kind = "match" if ids[gallery] == ids[query] else "miss"
-            row.append(report.Thumb(_pixels(cells.get(all_keys[gallery])), f"{sim:.3f}\nid {ids[gallery]}", kind))
+            row.append(report.Thumb(crop_pixels(cells.get(all_keys[gallery])), f"{sim:.3f}\nid {ids[gallery]}", kind))
         ranked.append(row)
     return ranked, note
 
