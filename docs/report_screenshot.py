@@ -33,6 +33,9 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", *command], cwd=REPO_ROOT, check=True)
         target = REPO_ROOT / "docs" / "report.png"
         screenshot(browser, Path(report) / "report.html", target, width=960, height=1240)
+    from PIL import Image
+
+    Image.open(target).convert("RGB").quantize(256).save(target, optimize=True)  # a smaller file
     print(f"wrote {target}")
     return 0
 
