@@ -39,5 +39,5 @@ setup(
             "apache-beam[gcp]>=2.60",
         ],
     },
-    entry_points={"console_scripts": ["osnet-beam=pipeline.run:main"]},
+    entry_points={"console_scripts": ["osnet-beam=pipeline.cli:main"]},
 )
