@@ -194,3 +194,22 @@ def test_hive_partition_types_follow_pyarrow_dataset(tmp_path):
     rows = [r for s in plan.shards for r in read_range(s, plan.schema, 0, s.num_rows)]
     key = lambda r: (r["year"], str(r["cam"]), r["n"])  # noqa: E731
     assert sorted(rows, key=key) == sorted(expected.to_table().to_pylist(), key=key)
+
+
+@pytest.mark.parametrize("output_column", ["feature_vector", "embedding"])
+def test_features_schema_keeps_pandas_index_true_to_the_output(tmp_path, output_column):
+    import numpy as np
+    import pandas as pd
+
+    from transforms.write import features_schema
+
+    frame = pd.DataFrame({"feature_vector": ["a", "b"], "camera": ["1", "2"]},
+                         index=pd.Index(["x", "y"], name="crop_id"))
+    schema = pa.Schema.from_pandas(frame)
+    out_schema = features_schema(schema, "feature_vector", output_column)
+    vectors = [np.ones(512, np.float32).tolist()] * 2
+    table = pa.table({output_column: vectors, "camera": ["1", "2"], "crop_id": ["x", "y"]})
+    pq.write_table(table.select(out_schema.names).cast(out_schema), tmp_path / "f.parquet")
+    back = pd.read_parquet(tmp_path / "f.parquet")
+    pd.testing.assert_index_equal(back.index, frame.index)
+    assert list(back.columns) == [output_column, "camera"]
