@@ -120,19 +120,21 @@ def inspect_input(pattern: str, image_column: str, input_format: str = "auto") -
         except parquet_source.ParquetInputError as error:
             raise InputError(str(error)) from None
         return InputLayout(fmt, tuple(files), plan.schema, plan.shards)
+    read_columns = _csv_header
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
-        per_file = list(pool.map(_csv_header, files))
+        per_file = list(pool.map(read_columns, files))
     for path, columns in zip(files, per_file):
         if image_column not in columns:
             raise InputError(
                 f"{path}: no image column {image_column!r}; columns found: {list(columns)} "
                 "(choose one with --image_column)"
             )
-    first = per_file[0]
-    for path, columns in zip(files, per_file):
-        if list(columns) != list(first):
-            raise InputError(f"{path}: columns {columns} differ from {files[0]}'s {first}")
-    schema = infer_csv_schema(first, _sample_csv_rows(files[0], len(first)))
+    if fmt == "csv":
+        first = per_file[0]
+        for path, columns in zip(files, per_file):
+            if list(columns) != list(first):
+                raise InputError(f"{path}: columns {columns} differ from {files[0]}'s {first}")
+        schema = infer_csv_schema(first, _sample_csv_rows(files[0], len(first)))
     return InputLayout(fmt, tuple(files), schema)
 
 
