@@ -16,13 +16,11 @@ from typing import Any, Iterator, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadFromParquet
 from apache_beam.metrics import Metrics
 
-from transforms import csv_records
+from transforms import csv_records, parquet_source
 from transforms.row_schema import ColumnValueError, conform_row, infer_csv_schema
 from transforms.errors import ERRORS_TAG, error_record
 from transforms.reasons import Reason
@@ -45,6 +43,8 @@ class InputLayout:
     format: str
     files: tuple[str, ...]
     schema: pa.Schema
+    #: Parquet only: every shard's row groups and partition values, read from its footer.
+    parquet_shards: tuple[parquet_source.ParquetShard, ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -98,14 +98,6 @@ def _csv_header(path: str) -> list[str]:
         raise InputError(f"{path}: cannot read: {error}") from None
 
 
-def _parquet_schema(path: str) -> pa.Schema:
-    try:
-        with FileSystems.open(path) as stream:
-            return pq.read_schema(pa.PythonFile(stream, mode="r"))
-    except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ...
-        raise InputError(f"{path}: not a readable Parquet file: {error}") from None
-
-
 def _sample_csv_rows(path: str, n_fields: int) -> list[list[Any]]:
     with open_text(path) as stream:
         next(csv_records.iter_raw_records(stream), None)  # the header
@@ -122,7 +114,13 @@ def inspect_input(pattern: str, image_column: str, input_format: str = "auto") -
     """
     files = match_files(pattern)
     fmt = detect_format(files, input_format)
-    read_columns = _csv_header if fmt == "csv" else (lambda f: _parquet_schema(f).names)
+    if fmt == "parquet":
+        try:
+            plan = parquet_source.inspect_parquet(files, image_column, parquet_source.literal_root(pattern))
+        except parquet_source.ParquetInputError as error:
+            raise InputError(str(error)) from None
+        return InputLayout(fmt, tuple(files), plan.schema, plan.shards)
+    read_columns = _csv_header
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
         per_file = list(pool.map(read_columns, files))
     for path, columns in zip(files, per_file):
@@ -137,8 +135,6 @@ def inspect_input(pattern: str, image_column: str, input_format: str = "auto") -
             if list(columns) != list(first):
                 raise InputError(f"{path}: columns {columns} differ from {files[0]}'s {first}")
         schema = infer_csv_schema(first, _sample_csv_rows(files[0], len(first)))
-    else:
-        schema = _parquet_schema(files[0])
     return InputLayout(fmt, tuple(files), schema)
 
 
@@ -187,8 +183,9 @@ class ReadCsvFile(beam.DoFn):
 class ReadRows(beam.PTransform):
     """Rows of the input as dicts (column -> value); CSV records that do not parse as errors.
 
-    Expands to a tagged result with ``rows`` and ``errors``. Parquet goes through Beam's
-    ``ReadFromParquet`` (splittable by row group); CSV through a per-file reader, because a quoted
+    Expands to a tagged result with ``rows`` and ``errors``. Parquet goes through
+    :class:`transforms.parquet_source.ReadParquetRows` (streamed in small batches, split by row
+    range, also inside a row group); CSV through a per-file reader, because a quoted
     cell may hold newlines and a broken record must become an error row, not a failed job.
     """
 
@@ -201,7 +198,8 @@ class ReadRows(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         pattern = self._pattern
         if self._layout.format == "parquet":
-            rows = pbegin | "ReadParquet" >> ReadFromParquet(pattern)
+            plan = parquet_source.ParquetPlan(self._layout.schema, self._layout.parquet_shards)
+            rows = pbegin | "ReadParquet" >> parquet_source.ReadParquetRows(plan)
             errors = pbegin | "NoReadErrors" >> beam.Create([])
             return {"rows": rows, "errors": errors}
         parsed = (

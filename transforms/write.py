@@ -20,6 +20,7 @@ from apache_beam.io.textio import WriteToText
 from transforms.csv_records import format_record
 from transforms.errors import to_json_line
 from transforms.feature_codec import encode_features_hex
+from transforms.parquet_source import output_metadata
 
 _LOG = logging.getLogger(__name__)
 FEATURES_PREFIX = "features"
@@ -36,14 +37,16 @@ def output_columns(columns: Sequence[str], image_column: str, output_column: str
 def features_schema(
     input_schema: pa.Schema, image_column: str, output_column: str
 ) -> pa.Schema:
-    """The Parquet schema: pass-through columns keep their types; features are list<float32>."""
+    """The Parquet schema: pass-through columns keep their types; features are list<float32>.
+
+    The input's schema metadata (pandas' index description) comes along, true to the output."""
     fields = []
     for field in input_schema:
         if field.name == image_column:
             fields.append(pa.field(output_column, pa.list_(pa.float32()), nullable=False))
         else:
             fields.append(field)
-    return pa.schema(fields)
+    return pa.schema(fields, metadata=output_metadata(input_schema.metadata, image_column, output_column))
 
 
 class _ToOutputRow(beam.DoFn):
