@@ -251,6 +251,9 @@ class CsvFileSource(FileBasedSource):
     def default_output_coder(self) -> coders.Coder:
         return RAW_RECORD_CODER
 
+    def estimate_size(self) -> int:
+        return self._plan.size  # known from planning: no listing per file
+
     def output_type_hint(self):
         return RawRecord
 
