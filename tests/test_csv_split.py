@@ -207,6 +207,8 @@ def test_plan_says_why_a_file_is_read_whole(tmp_path, caplog):
     quoted = _write(tmp_path, b'"a","b","c"\n1,"two\nlines",3\n4,5,6\n', "quoted.csv")
     lone_cr = _write(tmp_path, b'"a","b","c"\r1,2,3\r', "cr.csv")
     zipped = _write(tmp_path, gzip.compress(plain.read_bytes()), "plain.csv.gz")
+    cr_at_end = _write(tmp_path, b'"a","b","c"\r\n1,2,3\r', "cr_end.csv")
+    assert not scan_csv_file(str(cr_at_end), chunk_bytes=4).splittable
     plans = plan_csv_files([str(p) for p in (plain, quoted, lone_cr, zipped)])
     assert [p.splittable for p in plans] == [True, False, False, False]
     assert "line 2 has an odd number" in plans[1].whole_reason

@@ -200,6 +200,8 @@ def scan_csv_file(path: str, size: Optional[int] = None, chunk_bytes: int = SCAN
             quotes_before += len(quote_at)
             newlines_before += len(newline_at)
             position += len(chunk)
+    if previous_cr:  # the file ends in a lone '\r'
+        return CsvFilePlan(path, size, "a line ends in a lone carriage return")
     if quotes_before & 1:  # the last line has no newline and an odd number of quotes
         return CsvFilePlan(path, size, f"line {newlines_before + 1} has an odd number of '\"' (a quote is never closed)")
     if data_start is None:  # only a header line, no data
