@@ -85,6 +85,7 @@ def test_one_csv_file_spreads_over_two_processes_with_the_same_results(big_csv, 
     assert counts == base_counts
     assert (rows_read, encoded, errors) == (N_ROWS + 1, N_ROWS - 1, 2)  # in == features + errors
     # each of the two processes parsed (and, fused with parsing, decoded and encoded) 30-70%
+    print(f"{kind}: records parsed per process {per_process}")
     assert len(per_process) == 2 and sum(per_process.values()) == N_ROWS + 1, per_process
     assert all(0.3 <= n / (N_ROWS + 1) <= 0.7 for n in per_process.values()), per_process
     assert len(base_per_process) == 1
