@@ -9,6 +9,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import itertools
 import logging
 import random
 import re
@@ -172,16 +173,31 @@ def test_dynamic_splits_at_every_fraction_are_consistent(tmp_path_factory, data)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=csv_files(), chunk=st.integers(1, 300), step=st.integers(1, 200))
-def test_the_scan_is_the_same_for_any_chunk_size_and_its_line_index_is_right(
-    tmp_path_factory, monkeypatch, data, chunk, step
+@given(
+    data=st.one_of(csv_files(), csv_files(multiline=True)),
+    chunk=st.integers(1, 300), segments=st.integers(1, 3), step=st.integers(1, 200),
+)
+def test_the_scan_is_the_same_for_any_chunk_or_segment_size_and_its_line_index_is_right(
+    tmp_path_factory, monkeypatch, data, chunk, segments, step
 ):
     path = _write(tmp_path_factory.mktemp("scan"), data)
     with monkeypatch.context() as patch:
         patch.setattr(csv_source, "MIN_INDEX_STEP", step)
-        small = scan_csv_file(str(path), len(data), chunk_bytes=chunk)
+        small = scan_csv_file(str(path), len(data), chunk_bytes=chunk, segment_bytes=chunk * segments)
         big = scan_csv_file(str(path), len(data), chunk_bytes=1 << 20)
         assert small == big
+        lines = data.split(b"\n")
+        quotes_so_far = list(itertools.accumulate(line.count(b'"') for line in lines))
+        first_odd = next((i + 1 for i, q in enumerate(quotes_so_far) if q % 2), None)
+        if first_odd is not None:
+            assert not small.splittable
+            if b"\r" not in data:
+                assert small.whole_reason.startswith(f"line {first_odd} has an odd number")
+            return
+        if b"\r" in data.replace(b"\r\n", b""):
+            assert small.whole_reason == "a line ends in a lone carriage return"
+            return
+        assert small.splittable
         # every index entry is a line start with its true line number
         for offset, line in zip(small.index_offsets, small.index_lines):
             if offset == len(data) and not data.endswith(b"\n"):

@@ -53,6 +53,9 @@ RAW_RECORD_CODER = coders.TupleCoder(
 
 #: Bytes read per step of the planning scan (one numpy pass each).
 SCAN_CHUNK_BYTES = 8 << 20
+#: A file is scanned in segments of this size, by SCAN_THREADS threads.
+SCAN_SEGMENT_BYTES = 64 << 20
+SCAN_THREADS = 4
 #: Distance between entries of a file's line index, at least; see :func:`index_step`.
 MIN_INDEX_STEP = 1 << 20
 #: A file's line index has at most this many entries (it travels with every split of the file).
@@ -143,11 +146,87 @@ def index_step(size: int) -> int:
     return max(MIN_INDEX_STEP, -(-size // MAX_INDEX_ENTRIES))
 
 
-def scan_csv_file(path: str, size: Optional[int] = None, chunk_bytes: int = SCAN_CHUNK_BYTES) -> CsvFilePlan:
+@dataclass(frozen=True)
+class _Segment:
+    """What the scan of one byte segment of a file found, before knowing what precedes it."""
+
+    quotes: int  # '"' in the segment
+    newlines: int  # '\n' in the segment
+    first_odd: tuple[Optional[int], Optional[int]]  # first newline (index in the segment) at
+    # which the quote count is odd, if the quotes before the segment were even / odd
+    first_odd_at: tuple[Optional[int], Optional[int]]  # the byte offsets of those newlines
+    lone_cr_at: Optional[int]  # offset of the first '\r' not followed by '\n' inside the segment
+    first_byte: int
+    last_byte: int
+    entries: tuple[tuple[int, int], ...]  # (line start, index of the newline before it)
+    first_start: Optional[int]  # the segment's first line start (an entry candidate)
+    last_start: Optional[int]
+
+
+def _scan_segment(path: str, begin: int, end: int, step: int, chunk_bytes: int) -> _Segment:
+    quotes = newlines = 0
+    first_odd: list[Optional[int]] = [None, None]
+    first_odd_at: list[Optional[int]] = [None, None]
+    lone_cr_at: Optional[int] = None
+    first_byte = last_byte = -1
+    entries: list[tuple[int, int]] = []
+    first_start = last_start = None
+    previous_cr = False
+    position = begin
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+        stream.seek(begin)
+        while position < end:
+            chunk = stream.read(min(chunk_bytes, end - position))
+            if not chunk:
+                break
+            data = np.frombuffer(chunk, dtype=np.uint8)
+            if first_byte < 0:
+                first_byte = int(data[0])
+            quote_at = np.flatnonzero(data == _QUOTE)
+            newline_at = np.flatnonzero(data == _LF)
+            if len(newline_at):
+                odd = (quotes + np.searchsorted(quote_at, newline_at)) & 1
+                for parity in (0, 1):
+                    hits = odd != parity  # odd overall when the prefix parity is ``parity``
+                    if first_odd[parity] is None and hits.any():
+                        first_odd[parity] = newlines + int(np.argmax(hits))
+                        first_odd_at[parity] = position + int(newline_at[np.argmax(hits)])
+                starts = newline_at + (position + 1)
+                buckets = (starts + (step - 1)) // step  # entry: first line start at or after k * step
+                before = (last_start + step - 1) // step if last_start is not None else -1
+                keep = np.flatnonzero(buckets > np.concatenate(([before], buckets[:-1])))
+                entries += [(int(starts[i]), newlines + int(i)) for i in keep]
+                if first_start is None:
+                    first_start = int(starts[0])
+                last_start = int(starts[-1])
+            if lone_cr_at is None:
+                cr_at = np.flatnonzero(data == _CR)
+                inner = cr_at[cr_at + 1 < len(data)]
+                lone = inner[data[inner + 1] != _LF]
+                if previous_cr and data[0] != _LF:
+                    lone_cr_at = position - 1
+                elif len(lone):
+                    lone_cr_at = position + int(lone[0])
+            previous_cr = bool(data[-1] == _CR)
+            quotes += len(quote_at)
+            newlines += len(newline_at)
+            position += len(chunk)
+            last_byte = int(data[-1])
+    return _Segment(quotes, newlines, (first_odd[0], first_odd[1]), (first_odd_at[0], first_odd_at[1]),
+                    lone_cr_at, first_byte, last_byte, tuple(entries), first_start, last_start)
+
+
+def scan_csv_file(
+    path: str,
+    size: Optional[int] = None,
+    chunk_bytes: int = SCAN_CHUNK_BYTES,
+    segment_bytes: int = SCAN_SEGMENT_BYTES,
+) -> CsvFilePlan:
     """Plan one file: compressed or with an odd-quote / lone-CR line -> read whole, else split.
 
-    The scan stops at the first odd-quote line (the file is then read whole anyway). A line is
-    balanced when the running count of ``"`` is even at its ``\\n``: every line before it was.
+    A line is balanced when the running count of ``"`` is even at its ``\n`` (then every line
+    before it was). Segments of the file are scanned in parallel threads (remote storage reads
+    faster that way), then combined in order; the scan stops at the first odd-quote line.
     """
     if size is None:
         size = FileSystems.match([_literal_pattern(path)])[0].metadata_list[0].size_in_bytes
@@ -155,59 +234,50 @@ def scan_csv_file(path: str, size: Optional[int] = None, chunk_bytes: int = SCAN
         kind = CompressionTypes.detect_compression_type(path)
         return CsvFilePlan(path, size, f"compressed ({kind}): no random access")
     step = index_step(size)
+    bounds = list(range(0, size, max(1, segment_bytes))) + [size]
     offsets: list[int] = []
     lines: list[int] = []
-    quotes_before = 0  # '"' seen before the current chunk (only its parity matters)
-    newlines_before = 0  # '\n' seen before the current chunk
-    data_start = None
-    next_mark = 0  # the next index entry is the first line start at or after this offset
-    previous_cr = False  # the last byte of the previous chunk was '\r'
-    position = 0
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
-        while True:
-            chunk = stream.read(chunk_bytes)
-            if not chunk:
-                break
-            data = np.frombuffer(chunk, dtype=np.uint8)
-            quote_at = np.flatnonzero(data == _QUOTE)
-            newline_at = np.flatnonzero(data == _LF)
-            # quotes before each newline, from the start of the file: must be even at every one
-            odd = (quotes_before + np.searchsorted(quote_at, newline_at)) & 1
-            if odd.any():
-                line = newlines_before + int(np.argmax(odd)) + 1
-                return CsvFilePlan(path, size, f"line {line} has an odd number of '\"' (a quoted cell spans lines, or a quote is never closed)")
-            cr_at = np.flatnonzero(data == _CR)
-            lone_cr = (
-                (previous_cr and data[0] != _LF)
-                or bool(np.any(data[cr_at[cr_at + 1 < len(data)] + 1] != _LF))
-            )
-            if lone_cr:
-                return CsvFilePlan(path, size, "a line ends in a lone carriage return")
-            previous_cr = data[-1] == _CR
-            # line starts are the bytes after each newline: index the first one past each mark
-            if len(newline_at):
-                starts = newline_at + (position + 1)
-                if data_start is None:
-                    data_start = int(starts[0])
-                    offsets.append(data_start)
-                    lines.append(2)
-                    next_mark = data_start + step
-                while next_mark <= starts[-1]:
-                    i = int(np.searchsorted(starts, next_mark))
-                    offsets.append(int(starts[i]))
-                    lines.append(newlines_before + i + 2)  # the line after newline i
-                    next_mark = int(starts[i]) + step
-            quotes_before += len(quote_at)
-            newlines_before += len(newline_at)
-            position += len(chunk)
-    if previous_cr:  # the file ends in a lone '\r'
-        return CsvFilePlan(path, size, "a line ends in a lone carriage return")
-    if quotes_before & 1:  # the last line has no newline and an odd number of quotes
-        return CsvFilePlan(path, size, f"line {newlines_before + 1} has an odd number of '\"' (a quote is never closed)")
-    if data_start is None:  # only a header line, no data
-        data_start = size
+    parity = newlines = 0
+    last_start: Optional[int] = None
+    last_byte = -1
+    odd_quote = "line {} has an odd number of '\"' (a quoted cell spans lines, or a quote is never closed)"
+    lone_cr = "a line ends in a lone carriage return"
+    with ThreadPoolExecutor(max_workers=SCAN_THREADS) as pool:
+        futures = [pool.submit(_scan_segment, path, a, b, step, chunk_bytes) for a, b in zip(bounds, bounds[1:])]
+        try:
+            for begin, future in zip(bounds, futures):
+                seg = future.result()
+                if seg.first_byte < 0:
+                    continue  # nothing read (the file shrank since it was listed)
+                # whichever comes first in the file decides the reason
+                cr_at = begin - 1 if (last_byte == _CR and seg.first_byte != _LF) else seg.lone_cr_at
+                odd_at = seg.first_odd_at[parity]
+                if odd_at is not None and (cr_at is None or odd_at < cr_at):
+                    return CsvFilePlan(path, size, odd_quote.format(newlines + seg.first_odd[parity] + 1))
+                if cr_at is not None:
+                    return CsvFilePlan(path, size, lone_cr)
+                for offset, newline in seg.entries:
+                    same_bucket = (
+                        offset == seg.first_start and last_start is not None
+                        and (offset + step - 1) // step == (last_start + step - 1) // step
+                    )
+                    if not same_bucket:
+                        offsets.append(offset)
+                        lines.append(newlines + newline + 2)  # the line after that newline
+                parity = (parity + seg.quotes) & 1
+                newlines += seg.newlines
+                last_start = seg.last_start if seg.last_start is not None else last_start
+                last_byte = seg.last_byte
+        finally:
+            for future in futures:
+                future.cancel()
+    if last_byte == _CR:
+        return CsvFilePlan(path, size, lone_cr)
+    if parity:  # the last line has no newline and an odd number of quotes
+        return CsvFilePlan(path, size, odd_quote.format(newlines + 1))
+    if not offsets:  # only a header line, no data
         offsets, lines = [size], [2]
-    return CsvFilePlan(path, size, None, data_start, tuple(offsets), tuple(lines))
+    return CsvFilePlan(path, size, None, offsets[0], tuple(offsets), tuple(lines))
 
 
 def plan_csv_files(files: Sequence[str]) -> tuple[CsvFilePlan, ...]:
