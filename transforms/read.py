@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import io
 import itertools
+import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms import csv_records, parquet_source
+from transforms.csv_source import CsvDialect, CsvFilePlan, RawRecord, ReadCsvRecords, binary_stream
+from transforms.csv_source import parse_raw_record, plan_csv_files
 from transforms.row_schema import ColumnValueError, conform_row, infer_csv_schema
 from transforms.errors import ERRORS_TAG, error_record
 from transforms.reasons import Reason
 
+_LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "osnet"
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -45,6 +49,8 @@ class InputLayout:
     schema: pa.Schema
     #: Parquet only: every shard's row groups and partition values, read from its footer.
     parquet_shards: tuple[parquet_source.ParquetShard, ...] = ()
+    #: CSV only: how each file is read (split by lines, or whole), from the planning scan.
+    csv_plans: tuple[CsvFilePlan, ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -83,9 +89,10 @@ def match_files(pattern: str) -> list[str]:
     return files
 
 
-def open_text(path: str) -> io.TextIOWrapper:
-    """A file as UTF-8 text with line endings kept (quoted cells may hold newlines)."""
-    return io.TextIOWrapper(FileSystems.open(path), encoding="utf-8", errors="replace", newline="")
+def open_text(path: str, dialect: CsvDialect = CsvDialect()) -> io.TextIOWrapper:
+    """A file as text with line endings kept (quoted cells may hold newlines), decompressed
+    by its suffix (``.gz``, ``.bz2``, ``.zst``)."""
+    return dialect.text(binary_stream(FileSystems.open(path)))
 
 
 def _csv_header(path: str) -> list[str]:
@@ -135,11 +142,17 @@ def inspect_input(pattern: str, image_column: str, input_format: str = "auto") -
             if list(columns) != list(first):
                 raise InputError(f"{path}: columns {columns} differ from {files[0]}'s {first}")
         schema = infer_csv_schema(first, _sample_csv_rows(files[0], len(first)))
-    return InputLayout(fmt, tuple(files), schema)
+        try:
+            plans = plan_csv_files(files)
+        except Exception as error:  # OSError locally, BeamIOError and friends elsewhere
+            raise InputError(f"cannot scan the CSV input: {error}") from None
+        return InputLayout(fmt, tuple(files), schema, csv_plans=plans)
+    raise InputError(f"unknown input format {fmt!r}")
 
 
-class ReadCsvFile(beam.DoFn):
-    """Streams one CSV file into row dicts typed by ``schema``; a broken record is an error."""
+class ParseCsvRecords(beam.DoFn):
+    """:data:`~transforms.csv_source.RawRecord` s to row dicts typed by ``schema``; a record
+    that does not parse, or a value that does not fit its column, is an error row."""
 
     def __init__(self, schema: pa.Schema, image_column: str):
         self._schema = schema
@@ -148,36 +161,33 @@ class ReadCsvFile(beam.DoFn):
 
     def setup(self) -> None:
         self._rows = Metrics.counter(METRICS_NAMESPACE, "rows_read")
+        self._parsed = 0
+
+    def teardown(self) -> None:
+        # lets a user (and the tests) see how the records spread over the worker processes
+        _LOG.info("csv records parsed by process %d: %d", os.getpid(), self._parsed)
 
     def _error(self, reason: str, detail: str, **where: Any) -> beam.pvalue.TaggedOutput:
         self._rows.inc()
         Metrics.counter(METRICS_NAMESPACE, f"errors_{reason}").inc()
         return beam.pvalue.TaggedOutput(ERRORS_TAG, error_record(reason, detail, **where))
 
-    def process(self, readable: fileio.ReadableFile) -> Iterator[Any]:
-        path = readable.metadata.path
-        with open_text(path) as stream:
-            header = csv_records.read_header(stream)  # consumes the header's lines
-            if header != self._columns:
-                raise InputError(f"{path}: columns changed since the job started: {header}")
-            for record in csv_records.iter_records(stream, len(header)):
-                line = record.line_number + 1  # the header was line 1
-                if isinstance(record, csv_records.BrokenRecord):
-                    yield self._error(
-                        Reason.BAD_CSV_RECORD.value,
-                        record.detail,
-                        raw_line=record.raw,
-                        source=path,
-                        line=line,
-                    )
-                    continue
-                row = dict(zip(header, record.values))
-                try:
-                    yield conform_row(row, self._schema, skip=self._image_column)
-                except ColumnValueError as error:
-                    yield self._error(
-                        Reason.BAD_COLUMN_VALUE.value, str(error), row=row, source=path, line=line
-                    )
+    def process(self, record: RawRecord) -> Iterator[Any]:
+        parsed = parse_raw_record(record, len(self._columns))
+        if parsed is None:
+            return
+        self._parsed += 1
+        source, line = record[0], parsed.line_number
+        if isinstance(parsed, csv_records.BrokenRecord):
+            yield self._error(
+                Reason.BAD_CSV_RECORD.value, parsed.detail, raw_line=parsed.raw, source=source, line=line
+            )
+            return
+        row = dict(zip(self._columns, parsed.values))
+        try:
+            yield conform_row(row, self._schema, skip=self._image_column)
+        except ColumnValueError as error:
+            yield self._error(Reason.BAD_COLUMN_VALUE.value, str(error), row=row, source=source, line=line)
 
 
 class ReadRows(beam.PTransform):
@@ -185,8 +195,9 @@ class ReadRows(beam.PTransform):
 
     Expands to a tagged result with ``rows`` and ``errors``. Parquet goes through
     :class:`transforms.parquet_source.ReadParquetRows` (streamed in small batches, split by row
-    range, also inside a row group); CSV through a per-file reader, because a quoted
-    cell may hold newlines and a broken record must become an error row, not a failed job.
+    range, also inside a row group); CSV through :mod:`transforms.csv_source` (split by byte
+    ranges, or read whole and redistributed), then parsed here, where a broken record becomes an
+    error row, not a failed job.
     """
 
     def __init__(self, pattern: str, layout: InputLayout, image_column: str):
@@ -196,19 +207,17 @@ class ReadRows(beam.PTransform):
         self._image_column = image_column
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
-        pattern = self._pattern
         if self._layout.format == "parquet":
             plan = parquet_source.ParquetPlan(self._layout.schema, self._layout.parquet_shards)
             rows = pbegin | "ReadParquet" >> parquet_source.ReadParquetRows(plan)
             errors = pbegin | "NoReadErrors" >> beam.Create([])
             return {"rows": rows, "errors": errors}
+        plans = self._layout.csv_plans or plan_csv_files(self._layout.files)
         parsed = (
             pbegin
-            | "MatchCsv" >> fileio.MatchFiles(pattern)
-            | "OpenCsv" >> fileio.ReadMatches()
-            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadCsv" >> ReadCsvRecords(plans)
             | "ParseCsv"
-            >> beam.ParDo(ReadCsvFile(self._layout.schema, self._image_column)).with_outputs(ERRORS_TAG, main="rows")
+            >> beam.ParDo(ParseCsvRecords(self._layout.schema, self._image_column)).with_outputs(ERRORS_TAG, main="rows")
         )
         return {"rows": parsed.rows, "errors": parsed[ERRORS_TAG]}
 
