@@ -80,8 +80,12 @@ def test_blank_lines_are_skipped_and_crlf_is_accepted():
     assert [r.values for r in records] == [[1, "x"], [2, "y"]]
 
 
-def test_unquoted_leading_zero_stays_text():
-    assert split_record('01,1,-0,1e3,abc,') == ["01", 1, 0, 1000.0, "abc", None]
+def test_unquoted_text_that_is_not_a_canonical_number_stays_text():
+    # issue 12 item 4: pandas' QUOTE_MINIMAL leaves these strings unquoted; none may be rewritten
+    assert split_record("01,1,-0,1e3,abc,") == ["01", 1, "-0", "1e3", "abc", None]
+    assert split_record("1.10,1.1,true,True,+1,1e+20,inf,NaN,0.50") == [
+        "1.10", 1.1, "true", True, "+1", 1e20, float("inf"), "NaN", "0.50"
+    ]
 
 
 @pytest.mark.parametrize("text", ["", '"a",""\n', '"a","a"\n', '"a\n'])

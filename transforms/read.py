@@ -8,11 +8,11 @@ to :class:`transforms.decode.DecodeCrops`.
 """
 from __future__ import annotations
 
-import io
+import base64
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -30,8 +30,11 @@ from transforms.reasons import Reason
 METRICS_NAMESPACE = "osnet"
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
-#: How many CSV records of the first file decide the pass-through column types.
+#: How many CSV records of each file (at most) decide the pass-through column types.
 TYPE_SAMPLE_RECORDS = 1000
+#: Bytes read for the type sample across all files, and at least per file (records stay whole).
+TYPE_SAMPLE_TOTAL_BYTES = 256 * 1024 * 1024
+TYPE_SAMPLE_MIN_FILE_BYTES = 256 * 1024
 
 
 class InputError(ValueError):
@@ -45,6 +48,7 @@ class InputLayout:
     format: str
     files: tuple[str, ...]
     schema: pa.Schema
+    dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT
 
     @property
     def columns(self) -> list[str]:
@@ -83,15 +87,20 @@ def match_files(pattern: str) -> list[str]:
     return files
 
 
-def open_text(path: str) -> io.TextIOWrapper:
-    """A file as UTF-8 text with line endings kept (quoted cells may hold newlines)."""
-    return io.TextIOWrapper(FileSystems.open(path), encoding="utf-8", errors="replace", newline="")
+def open_lines(stream: Any, limit: Optional[int] = None) -> Iterator[bytes]:
+    """A binary stream's lines, endings kept (records are decoded one by one: csv_records)."""
+    read = 0
+    for line in iter(stream.readline, b""):
+        yield line
+        read += len(line)
+        if limit is not None and read >= limit:
+            return
 
 
-def _csv_header(path: str) -> list[str]:
+def _csv_header(path: str, dialect: csv_records.CsvDialect) -> list[str]:
     try:
-        with open_text(path) as stream:
-            return csv_records.read_header(stream)
+        with FileSystems.open(path) as stream:
+            return csv_records.read_header(open_lines(stream), dialect.for_path(path))
     except csv_records.CsvHeaderError as error:
         raise InputError(f"{path}: {error}") from None
     except OSError as error:
@@ -106,29 +115,44 @@ def _parquet_schema(path: str) -> pa.Schema:
         raise InputError(f"{path}: not a readable Parquet file: {error}") from None
 
 
-def _sample_csv_rows(path: str, n_fields: int) -> list[list[Any]]:
-    with open_text(path) as stream:
-        next(csv_records.iter_raw_records(stream), None)  # the header
-        records = csv_records.iter_records(stream, n_fields)
+def _sample_csv_rows(
+    path: str, n_fields: int, dialect: csv_records.CsvDialect, max_bytes: Optional[int] = None
+) -> list[list[Any]]:
+    """The first records of one file (up to TYPE_SAMPLE_RECORDS, about ``max_bytes``)."""
+    dialect = dialect.for_path(path)
+    with FileSystems.open(path) as stream:
+        lines = open_lines(stream, max_bytes)
+        csv_records.read_header(lines, dialect)
+        records = csv_records.iter_records(lines, n_fields, dialect)
         sample = itertools.islice(records, TYPE_SAMPLE_RECORDS)
         return [r.values for r in sample if isinstance(r, csv_records.Record)]
 
 
-def inspect_input(pattern: str, image_column: str, input_format: str = "auto") -> InputLayout:
+def inspect_input(
+    pattern: str,
+    image_column: str,
+    input_format: str = "auto",
+    dialect: Optional[csv_records.CsvDialect] = None,
+) -> InputLayout:
     """Check every matched file before the job starts; return what the job will read.
 
     Raises InputError naming the file and the columns found when a file cannot be read or lacks
     the image column, so a bad shard costs seconds, not a failed job hours later.
     """
+    dialect = dialect or csv_records.DEFAULT_DIALECT
     files = match_files(pattern)
     fmt = detect_format(files, input_format)
-    read_columns = _csv_header if fmt == "csv" else (lambda f: _parquet_schema(f).names)
+    if fmt == "csv":
+        read_columns = lambda f: _csv_header(f, dialect)  # noqa: E731
+    else:
+        read_columns = lambda f: _parquet_schema(f).names  # noqa: E731
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
         per_file = list(pool.map(read_columns, files))
     for path, columns in zip(files, per_file):
         if image_column not in columns:
+            how = f", {dialect.for_path(path).describe()}" if fmt == "csv" else ""
             raise InputError(
-                f"{path}: no image column {image_column!r}; columns found: {list(columns)} "
+                f"{path}: no image column {image_column!r}; columns found: {list(columns)}{how} "
                 "(choose one with --image_column)"
             )
     if fmt == "csv":
@@ -136,40 +160,54 @@ def inspect_input(pattern: str, image_column: str, input_format: str = "auto") -
         for path, columns in zip(files, per_file):
             if list(columns) != list(first):
                 raise InputError(f"{path}: columns {columns} differ from {files[0]}'s {first}")
-        schema = infer_csv_schema(first, _sample_csv_rows(files[0], len(first)))
+        # the first records of every file decide the types (csv_records / row_schema)
+        budget = max(TYPE_SAMPLE_MIN_FILE_BYTES, TYPE_SAMPLE_TOTAL_BYTES // len(files))
+        with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+            samples = pool.map(lambda f: _sample_csv_rows(f, len(first), dialect, budget), files)
+            rows = [row for sample in samples for row in sample]
+        schema = infer_csv_schema(first, rows)
     else:
         schema = _parquet_schema(files[0])
-    return InputLayout(fmt, tuple(files), schema)
+    return InputLayout(fmt, tuple(files), schema, dialect)
 
 
 class ReadCsvFile(beam.DoFn):
     """Streams one CSV file into row dicts typed by ``schema``; a broken record is an error."""
 
-    def __init__(self, schema: pa.Schema, image_column: str):
+    def __init__(
+        self, schema: pa.Schema, image_column: str, dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT
+    ):
         self._schema = schema
         self._columns = list(schema.names)
         self._image_column = image_column
+        self._dialect = dialect
 
     def setup(self) -> None:
         self._rows = Metrics.counter(METRICS_NAMESPACE, "rows_read")
 
-    def _error(self, reason: str, detail: str, **where: Any) -> beam.pvalue.TaggedOutput:
+    def _error(self, reason: str, detail: str, raw_bytes: Optional[bytes] = None, **where: Any) -> Any:
         self._rows.inc()
         Metrics.counter(METRICS_NAMESPACE, f"errors_{reason}").inc()
-        return beam.pvalue.TaggedOutput(ERRORS_TAG, error_record(reason, detail, **where))
+        record = error_record(reason, detail, **where)
+        if raw_bytes is not None:  # the record's bytes exactly, where they are not valid text
+            record["raw_base64"] = base64.b64encode(raw_bytes).decode("ascii")
+        return beam.pvalue.TaggedOutput(ERRORS_TAG, record)
 
     def process(self, readable: fileio.ReadableFile) -> Iterator[Any]:
         path = readable.metadata.path
-        with open_text(path) as stream:
-            header = csv_records.read_header(stream)  # consumes the header's lines
+        dialect = self._dialect.for_path(path)
+        with FileSystems.open(path) as stream:
+            lines = open_lines(stream)
+            header = csv_records.read_header(lines, dialect)  # consumes the header's lines
             if header != self._columns:
                 raise InputError(f"{path}: columns changed since the job started: {header}")
-            for record in csv_records.iter_records(stream, len(header)):
+            for record in csv_records.iter_records(lines, len(header), dialect):
                 line = record.line_number + 1  # the header was line 1
                 if isinstance(record, csv_records.BrokenRecord):
                     yield self._error(
-                        Reason.BAD_CSV_RECORD.value,
+                        record.reason,
                         record.detail,
+                        record.raw_bytes,
                         raw_line=record.raw,
                         source=path,
                         line=line,
@@ -210,7 +248,7 @@ class ReadRows(beam.PTransform):
             | "OpenCsv" >> fileio.ReadMatches()
             | "SpreadFiles" >> beam.Reshuffle()
             | "ParseCsv"
-            >> beam.ParDo(ReadCsvFile(self._layout.schema, self._image_column)).with_outputs(ERRORS_TAG, main="rows")
+            >> beam.ParDo(ReadCsvFile(self._layout.schema, self._image_column, self._layout.dialect)).with_outputs(ERRORS_TAG, main="rows")
         )
         return {"rows": parsed.rows, "errors": parsed[ERRORS_TAG]}
 
