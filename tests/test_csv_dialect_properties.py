@@ -277,3 +277,45 @@ def test_a_lone_carriage_return_left_unquoted_is_one_error_row():
     # quoted (as QUOTE_NONNUMERIC and QUOTE_ALL write it) it is kept exactly
     data = pd.DataFrame({"key": ["a"], "t": ["\r0"]}).to_csv(index=False, quoting=csv.QUOTE_ALL)
     assert _read(data.encode(), CsvDialect(","))[1][0]["t"] == "\r0"
+
+
+# --- the same through the job's own reader: inspect_input (every shard sampled) + ReadRows (Beam) ---
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(tables(), min_size=1, max_size=3))
+def test_shards_through_the_beam_reader_lose_nothing_and_change_nothing(tmp_path_factory, shards):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that
+
+    from transforms.read import ReadRows, inspect_input
+
+    directory = tmp_path_factory.mktemp("shards")
+    first = shards[0][0]
+    delimiter = shards[0][2]  # one delimiter for the input; quoting, line ends, BOM per shard
+    expected = {}  # key -> {column: text pandas reads}, for every row of every shard
+    for number, (frame, quoting, _, line_end, bom) in enumerate(shards):
+        frame = frame.reindex(columns=first.columns)  # one header for the whole input
+        frame["key"] = [f"s{number}r{i}é" for i in range(len(frame))]
+        data = _write(frame, quoting, delimiter, line_end, bom)
+        (directory / f"part-{number}.csv").write_bytes(data)
+        text = _pandas_text(data, delimiter)
+        for index in range(len(frame)):
+            expected[frame["key"][index]] = dict(text.iloc[index])
+    pattern = str(directory / "part-*.csv")
+    layout = inspect_input(pattern, "key", "csv", CsvDialect(delimiter))
+
+    def check(outputs):
+        assert [o for kind, o in outputs if kind == "error"] == []  # pandas wrote valid files
+        rows = [o for kind, o in outputs if kind == "row"]
+        assert sorted(r["key"] for r in rows) == sorted(expected)  # none lost, none twice
+        for row in rows:
+            for field in layout.schema:
+                value, text = row[field.name], expected[row["key"]][field.name]
+                assert (text == "") if value is None else (canonical_text(value) == text), (field, value, text)
+
+    with TestPipeline() as p:
+        result = p | ReadRows(pattern, layout, "key")
+        tagged = (result["rows"] | "R" >> beam.Map(lambda r: ("row", r)),
+                  result["errors"] | "E" >> beam.Map(lambda e: ("error", e))) | beam.Flatten()
+        assert_that(tagged, check)
