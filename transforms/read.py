@@ -116,16 +116,22 @@ def _parquet_schema(path: str) -> pa.Schema:
 
 
 def _sample_csv_rows(
-    path: str, n_fields: int, dialect: csv_records.CsvDialect, max_bytes: Optional[int] = None
+    path: str, n_fields: int, dialect: csv_records.CsvDialect, max_bytes: Optional[int] = None,
+    drop: Optional[int] = None,
 ) -> list[list[Any]]:
-    """The first records of one file (up to TYPE_SAMPLE_RECORDS, about ``max_bytes``)."""
+    """The first records of one file (up to TYPE_SAMPLE_RECORDS, about ``max_bytes``), without
+    the values of column ``drop`` (the image column: its type is not used, its cells are large)."""
     dialect = dialect.for_path(path)
     with FileSystems.open(path) as stream:
         lines = open_lines(stream, max_bytes)
         csv_records.read_header(lines, dialect)
         records = csv_records.iter_records(lines, n_fields, dialect)
         sample = itertools.islice(records, TYPE_SAMPLE_RECORDS)
-        return [r.values for r in sample if isinstance(r, csv_records.Record)]
+        rows = [r.values for r in sample if isinstance(r, csv_records.Record)]
+    if drop is not None:
+        for values in rows:
+            values[drop] = None
+    return rows
 
 
 def inspect_input(
@@ -163,7 +169,8 @@ def inspect_input(
         # the first records of every file decide the types (csv_records / row_schema)
         budget = max(TYPE_SAMPLE_MIN_FILE_BYTES, TYPE_SAMPLE_TOTAL_BYTES // len(files))
         with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
-            samples = pool.map(lambda f: _sample_csv_rows(f, len(first), dialect, budget), files)
+            drop = list(first).index(image_column)
+            samples = pool.map(lambda f: _sample_csv_rows(f, len(first), dialect, budget, drop), files)
             rows = [row for sample in samples for row in sample]
         schema = infer_csv_schema(first, rows)
     else:
