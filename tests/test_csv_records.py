@@ -109,3 +109,13 @@ def test_round_trip_of_arbitrary_records(rows):
     _, records = _read(text)
     assert all(isinstance(r, Record) for r in records)
     assert [r.values for r in records] == rows
+
+
+def test_csv_output_writes_wide_ints_bare_and_number_like_text_quoted():
+    import decimal
+
+    # --output_format csv: a decimal column stays a bare number, a text column keeps its quotes
+    assert format_record([decimal.Decimal(2**70), "007", "-0", 1e20, True]) == (
+        '1180591620717411303424,"007","-0",1e+20,True'
+    )
+    assert split_record('1180591620717411303424,"007","-0",1e+20,True') == [2**70, "007", "-0", 1e20, True]
