@@ -281,7 +281,7 @@ def test_a_lone_carriage_return_left_unquoted_is_one_error_row():
 
 # --- the same through the job's own reader: inspect_input (every shard sampled) + ReadRows (Beam) ---
 
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(tables(), min_size=1, max_size=3))
 def test_shards_through_the_beam_reader_lose_nothing_and_change_nothing(tmp_path_factory, shards):
     import apache_beam as beam
