@@ -118,7 +118,7 @@ class CsvDialect:
         return f"read with delimiter {shown} (--csv_delimiter) and encoding {self.encoding} (--encoding)"
 
 
-DEFAULT_DIALECT = CsvDialect(",")
+DEFAULT_DIALECT = CsvDialect()  # comma, or tab for .tsv once resolved with for_path
 
 
 @dataclass(frozen=True)
