@@ -838,7 +838,7 @@ BROKEN_RECORDS = [
     "{i},\"01\"\n",
 ]
 BROKEN_LOOKAHEAD = 70  # > csv_records.DEFAULT_MAX_RECORD_LINES: no odd-quote line that close after one
-SCHEMA_SAMPLE = 1000  # csv's TYPE_SAMPLE_RECORDS: keep bad column values out of the first file's sample
+SCHEMA_SAMPLE = 1000  # csv's TYPE_SAMPLE_RECORDS: keep bad column values out of every file's type sample
 
 
 def plan_scale_rows(n_rows: int, bad_fraction: float, large_copies: int, huge_copies: int, shards: int,
@@ -886,7 +886,7 @@ def plan_scale_rows(n_rows: int, bad_fraction: float, large_copies: int, huge_co
     for index in free:
         if placed_column == n_column:
             break
-        if index >= min(first_shard, SCHEMA_SAMPLE + 10):
+        if index % first_shard >= SCHEMA_SAMPLE + 10:  # past its own shard's sample (else: a text column)
             kinds[index] = ("column", None)
             placed_column += 1
     planned = {

@@ -7,6 +7,7 @@ import apache_beam as beam
 
 from model import CheckpointError, infer_architecture, load_osnet, read_state_dict
 from pipeline.options import OsNetOptions
+from transforms.csv_records import CsvDialect
 from transforms.decode import DecodeCrops
 from transforms.errors import ERRORS_TAG
 from transforms.inference import EncodeCrops, OsNetModelHandler, local_weights
@@ -31,7 +32,11 @@ def plan_job(options: OsNetOptions) -> JobPlan:
     for flag in ("input", "output"):
         if not getattr(options, flag):
             raise InputError(f"--{flag} is required (python -m pipeline --help lists the options)")
-    layout = inspect_input(options.input, options.image_column, options.input_format)
+    try:
+        dialect = CsvDialect.from_options(options.csv_delimiter, options.encoding, options.max_pixels)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    layout = inspect_input(options.input, options.image_column, options.input_format, dialect)
     output_column = options.output_column or options.image_column
     if output_column != options.image_column and output_column in layout.columns:
         raise InputError(f"--output_column {output_column!r} is already an input column")

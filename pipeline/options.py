@@ -27,6 +27,17 @@ class OsNetOptions(PipelineOptions):
             "--input_format", default="auto", choices=("auto", "csv", "parquet"),
             help="Input format; auto decides by file extension (.csv, .parquet).",
         )
+        # CSV dialect (transforms.csv_records.CsvDialect)
+        group.add_argument(
+            "--csv_delimiter", default=None,
+            help="CSV field delimiter: one character, or tab, comma, semicolon, pipe; default: "
+            "tab for .tsv files, comma otherwise.",
+        )
+        group.add_argument(
+            "--encoding", default="utf-8",
+            help="Text encoding of CSV input (any ASCII-compatible Python codec: utf-8, latin-1, "
+            "cp1252, ...); a record that does not decode becomes a bad_encoding error row.",
+        )
         group.add_argument(
             "--image_column", default="feature_vector",
             help="Column holding the crop dict literal (the original tool's legacy name).",

@@ -57,7 +57,8 @@ def test_tiny_benchmark_runs_every_mode(tmp_path):
     assert verification["ok"], verification["problems"]
     assert verification["rows_in"] == 400 == verification["feature_rows"] + verification["error_rows"]
     assert verification["per_reason_counts_match"] and verification["every_error_row_holds_its_original_data"]
-    assert {"bad_csv_record", "bad_column_value", "empty_cell", "size_mismatch"} <= set(verification["errors_per_reason"])
+    # tiny shards are sampled whole for the column types, so no row is a bad_column_value there
+    assert {"bad_csv_record", "empty_cell", "size_mismatch"} <= set(verification["errors_per_reason"])
     assert scale["peak_tree_rss_mb"] > 50
     assert (out / "scale_latest.png").stat().st_size > 5_000
 
@@ -82,7 +83,7 @@ def test_scale_plan_keeps_broken_records_clear_of_multiline_cells(bench):
             following = kinds[index + 1 : index + bench.BROKEN_LOOKAHEAD]
             assert not any(k == "broken" or (k == "cell" and bench._newlines(str(c.cell))) for k, c in following)
         if kind == "column":
-            assert index >= bench.SCHEMA_SAMPLE  # the first file's type sample stays clean
+            assert index % 5_000 >= bench.SCHEMA_SAMPLE  # every file's type sample stays clean
     used = {payload.name for kind, payload in kinds if kind == "cell"}
     assert len(used) == planned["bad_cell_kinds_used"] - 1  # the 50 MB cell is left out (0 copies)
 

@@ -215,4 +215,4 @@ def test_every_reason_is_documented_in_the_module_docstring() -> None:
         assert f"{code:<20} {meaning}" in reasons.__doc__
         assert reasons.Reason(code) == code and str(reasons.Reason(code)) == code
     assert len(reasons.CELL_REASONS) >= 15
-    assert set(reasons.ROW_REASONS) == {"bad_csv_record", "bad_column_value", "inference_failed"}
+    assert set(reasons.ROW_REASONS) == {"bad_csv_record", "bad_encoding", "bad_column_value", "inference_failed"}

@@ -80,8 +80,12 @@ def test_blank_lines_are_skipped_and_crlf_is_accepted():
     assert [r.values for r in records] == [[1, "x"], [2, "y"]]
 
 
-def test_unquoted_leading_zero_stays_text():
-    assert split_record('01,1,-0,1e3,abc,') == ["01", 1, 0, 1000.0, "abc", None]
+def test_unquoted_text_that_is_not_a_canonical_number_stays_text():
+    # issue 12 item 4: pandas' QUOTE_MINIMAL leaves these strings unquoted; none may be rewritten
+    assert split_record("01,1,-0,1e3,abc,") == ["01", 1, "-0", "1e3", "abc", None]
+    assert split_record("1.10,1.1,true,True,+1,1e+20,inf,NaN,0.50") == [
+        "1.10", 1.1, "true", True, "+1", 1e20, float("inf"), "NaN", "0.50"
+    ]
 
 
 @pytest.mark.parametrize("text", ["", '"a",""\n', '"a","a"\n', '"a\n'])
@@ -105,3 +109,13 @@ def test_round_trip_of_arbitrary_records(rows):
     _, records = _read(text)
     assert all(isinstance(r, Record) for r in records)
     assert [r.values for r in records] == rows
+
+
+def test_csv_output_writes_wide_ints_bare_and_number_like_text_quoted():
+    import decimal
+
+    # --output_format csv: a decimal column stays a bare number, a text column keeps its quotes
+    assert format_record([decimal.Decimal(2**70), "007", "-0", 1e20, True]) == (
+        '1180591620717411303424,"007","-0",1e+20,True'
+    )
+    assert split_record('1180591620717411303424,"007","-0",1e+20,True') == [2**70, "007", "-0", 1e20, True]

@@ -1,34 +1,124 @@
-"""CSV records with quote-aware types, where a broken record is reported instead of raised.
+"""CSV records read from bytes, typed losslessly, where a broken record is reported instead of raised.
 
-The original producer writes tables with pandas and ``quoting=csv.QUOTE_NONNUMERIC``: strings are
-quoted, numbers are not. Reading every field back as a string (or letting pandas guess, which turns
-the camera ``"01"`` into ``1``) would change pass-through columns, so a field's type follows its
-quoting: a quoted field is a ``str``; an unquoted one is an ``int``, ``float`` or ``bool`` when it is
-written as one, ``None`` when empty, else a ``str``. Files written with minimal quoting read the same
-way, except that an unquoted ``01`` stays the string ``"01"`` (no leading-zero ints).
+A file is read as bytes and cut into records at line ends that are not inside quotes; each record
+is then decoded with the file's encoding (:class:`CsvDialect`), so a record that does not decode
+is one error row (``bad_encoding``, raw bytes kept), never text silently replaced.
 
-Records may span lines (a quoted cell holding a newline). A record whose quotes never balance, or
-whose fields do not parse, comes out as a :class:`BrokenRecord` holding its raw text, and reading
-resumes on the next physical line, so one truncated write costs one row, not the rest of the file.
+Typing never rewrites text. A quoted field is a ``str`` (``QUOTE_NONNUMERIC`` and ``QUOTE_ALL``
+writers quote text). An unquoted field is an ``int``, ``float`` or ``bool`` only when its text is
+the canonical text of that value (what ``str()`` / ``repr()`` write back), so the value gives the
+text back exactly: ``1``, ``-5``, ``0.5``, ``1e+20``, ``True``. Anything else stays the ``str`` it
+was written as: ``007``, ``-0``, ``1.10``, ``1e3``, ``true``, ``+1``. An empty unquoted field is
+``None``. This fits pandas' default (``QUOTE_MINIMAL``) files as well as the original producer's.
+
+Records may span lines (a quoted cell holding newlines), up to ``max_record_bytes`` bytes. A record
+whose quotes never balance within that bound (or before the end of the file), or whose fields do
+not parse, comes out as a :class:`BrokenRecord` holding its raw text, and reading resumes on the
+next physical line, so one truncated write costs one row, not the rest of the file. The look-ahead
+is linear: every line a failed look-ahead went over has an even number of quotes, so each of them
+is a record on its own and is never scanned again.
 Beam-free so it can be tested and reused on its own.
 """
 from __future__ import annotations
 
+import codecs
+import decimal
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from numbers import Integral, Real
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
-# One field: a quoted string (quotes doubled inside) or an unquoted run without , " or newlines.
-_FIELD = re.compile(r'"([^"]*(?:""[^"]*)*)"|([^,"\r\n]*)')
+from transforms.crop_codec import DEFAULT_MAX_PIXELS, cell_chars_bound
+from transforms.reasons import Reason
+
 _INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
-_FLOAT = re.compile(r"-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|-?inf|nan")
-_BOOLS = {"True": True, "False": False, "true": True, "false": False}
+_BOOLS = {"True": True, "False": False}
+UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
-#: How many physical lines one record may span before its first line is declared broken.
-DEFAULT_MAX_RECORD_LINES = 64
+#: Room for the pass-through columns of one record, beside the largest valid image cell.
+OTHER_COLUMNS_BYTES = 16 * 1024 * 1024
+
+#: Delimiter names accepted besides a single character (a shell makes ``'\t'`` two characters).
+DELIMITER_NAMES = {"\\t": "\t", "tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+TAB_SUFFIXES = (".tsv", ".tsv.gz", ".tsv.bz2", ".tsv.zst", ".tab")
+
+
+def record_bytes_bound(max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """Longest record read: the longest valid image cell for ``max_pixels`` plus room for the rest."""
+    return cell_chars_bound(max_pixels) + OTHER_COLUMNS_BYTES
+
+
+DEFAULT_MAX_RECORD_BYTES = record_bytes_bound(DEFAULT_MAX_PIXELS)
 
 Value = Union[str, int, float, bool, None]
+
+
+def parse_delimiter(text: Optional[str]) -> Optional[str]:
+    """``--csv_delimiter`` as one character (None: by file extension); ValueError when unusable."""
+    if text is None or text == "":
+        return None
+    delimiter = DELIMITER_NAMES.get(text.lower(), text)
+    if len(delimiter) != 1 or delimiter in '"\r\n':
+        raise ValueError(
+            f"--csv_delimiter {text!r} is not usable: give one character other than a quote or a "
+            "line end (or tab, comma, semicolon, pipe)"
+        )
+    return delimiter
+
+
+def check_encoding(name: str) -> str:
+    """The codec's canonical name; ValueError for an unknown or not ASCII-compatible encoding."""
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        raise ValueError(f"--encoding {name!r} is not a Python codec (e.g. utf-8, latin-1, cp1252)") from None
+    canonical = "utf-8" if info.name in ("utf-8", "utf-8-sig") else info.name
+    probe = '",;\t|\r\n azAZ09.-_{}'
+    try:
+        ascii_compatible = probe.encode(canonical) == probe.encode("ascii")
+    except (UnicodeError, LookupError):
+        ascii_compatible = False
+    if not ascii_compatible:
+        raise ValueError(
+            f"--encoding {name!r} is not ASCII-compatible (quotes and line ends are not single "
+            "bytes); convert the file to UTF-8, e.g. iconv -f UTF-16 -t UTF-8"
+        )
+    return canonical
+
+
+@dataclass(frozen=True)
+class CsvDialect:
+    """How CSV bytes are read: delimiter (None: tab for .tsv, else comma), encoding, record bound."""
+
+    delimiter: Optional[str] = None
+    encoding: str = "utf-8"
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+
+    @classmethod
+    def from_options(
+        cls, delimiter: Optional[str] = None, encoding: Optional[str] = None, max_pixels: Optional[int] = None
+    ) -> "CsvDialect":
+        """From the command line's values; ValueError naming the option when one is unusable."""
+        bound = record_bytes_bound(max_pixels) if max_pixels and max_pixels > 0 else DEFAULT_MAX_RECORD_BYTES
+        return cls(parse_delimiter(delimiter), check_encoding(encoding or "utf-8"), bound)
+
+    def delimiter_for(self, path: str) -> str:
+        if self.delimiter is not None:
+            return self.delimiter
+        return "\t" if path.lower().endswith(TAB_SUFFIXES) else ","
+
+    def for_path(self, path: str) -> "CsvDialect":
+        """This dialect with the delimiter resolved for ``path``."""
+        return CsvDialect(self.delimiter_for(path), self.encoding, self.max_record_bytes)
+
+    def describe(self) -> str:
+        shown = {"\t": "tab", ",": "comma ','", ";": "semicolon ';'"}.get(self.delimiter or ",", repr(self.delimiter))
+        return f"read with delimiter {shown} (--csv_delimiter) and encoding {self.encoding} (--encoding)"
+
+
+DEFAULT_DIALECT = CsvDialect()  # comma, or tab for .tsv once resolved with for_path
 
 
 @dataclass(frozen=True)
@@ -41,145 +131,248 @@ class Record:
 
 @dataclass(frozen=True)
 class BrokenRecord:
-    """A record that could not be parsed: its raw text and why."""
+    """A record that could not be read: its raw text (and bytes when they did not decode), why."""
 
     raw: str
     line_number: int
     detail: str
+    reason: str = Reason.BAD_CSV_RECORD.value
+    raw_bytes: Optional[bytes] = None
 
 
 class CsvHeaderError(ValueError):
     """The file's first record is not a usable header."""
 
 
+def canonical_text(value: Any) -> Optional[str]:
+    """The text a typed value is written back as (None for a missing value)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, Integral):
+        return str(int(value))
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, Real):
+        return repr(float(value))
+    return str(value)
+
+
 def _unquoted_value(text: str) -> Value:
+    """An unquoted field: typed only when the value's canonical text is exactly ``text``."""
     if text == "":
         return None
     if _INT.fullmatch(text):
-        return int(text)
-    if _FLOAT.fullmatch(text):
-        return float(text)
+        return text if text == "-0" else int(text)
     if text in _BOOLS:
         return _BOOLS[text]
+    if text[0] in "-.0123456789in":
+        try:
+            number = float(text)
+        except ValueError:
+            return text
+        if repr(number) == text:
+            return number
     return text
 
 
-def split_record(text: str) -> list[Value]:
+@lru_cache(maxsize=16)
+def _field_pattern(delimiter: str) -> re.Pattern:
+    # a quoted string (quotes doubled inside) or an unquoted run without delimiter, quote or newline
+    d = re.escape(delimiter)
+    return re.compile(rf'"([^"]*(?:""[^"]*)*)"|([^{d}"\r\n]*)')
+
+
+def split_record(text: str, delimiter: str = ",") -> list[Value]:
     """Split one record's text (without its line ending) into typed values.
 
     Raises ValueError when the text is not a well-formed CSV record.
     """
+    field = _field_pattern(delimiter)
     values: list[Value] = []
     pos, end = 0, len(text)
     while True:
-        match = _FIELD.match(text, pos)
+        match = field.match(text, pos)
         assert match is not None  # the unquoted branch matches the empty string
         quoted, bare = match.group(1), match.group(2)
         values.append(quoted.replace('""', '"') if quoted is not None else _unquoted_value(bare))
         pos = match.end()
         if pos == end:
             return values
-        if text[pos] != ",":
+        if text[pos] != delimiter:
             raise ValueError(f"unexpected {text[pos]!r} at column {pos + 1}")
         pos += 1
 
 
-def _strip_line_end(text: str) -> str:
-    if text.endswith("\r\n"):
-        return text[:-2]
-    if text.endswith("\n") or text.endswith("\r"):
-        return text[:-1]
-    return text
+def _strip_line_end(data: bytes) -> bytes:
+    if data.endswith(b"\r\n"):
+        return data[:-2]
+    if data.endswith(b"\n") or data.endswith(b"\r"):
+        return data[:-1]
+    return data
+
+
+def _as_bytes(lines: Iterable[Union[bytes, str]], encoding: str) -> Iterator[bytes]:
+    """Byte lines; text lines (a text stream, a list of str) are encoded back with ``encoding``."""
+    for line in lines:
+        yield line.encode(encoding, "surrogateescape") if isinstance(line, str) else line
 
 
 def iter_raw_records(
-    lines: Iterable[str], *, max_record_lines: int = DEFAULT_MAX_RECORD_LINES
-) -> Iterator[tuple[int, str, bool]]:
-    """Group physical lines (with their endings) into records: ``(line_number, text, balanced)``.
+    lines: Iterable[Union[bytes, str]],
+    *,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    encoding: str = "utf-8",
+) -> Iterator[tuple[int, bytes, bool]]:
+    """Group physical lines (with their endings) into records: ``(line_number, raw, balanced)``.
 
     A line with an odd number of quotes opens a quoted cell that continues on the next lines. If
-    the quotes do not balance within ``max_record_lines`` lines (or before the end of the file),
-    the first line alone is given back as unbalanced and grouping restarts on the line after it.
+    the quotes do not balance within ``max_record_bytes`` (or before the end of the file), the
+    first line alone is given back as unbalanced and grouping restarts on the line after it. The
+    lines looked at on the way each hold an even number of quotes (the running count stayed odd
+    after each), so they come out as one-line records without a second look-ahead: linear time.
     """
-    pending: list[str] = []  # lines read ahead but not yet assigned to a record
-    source = iter(lines)
-    line_number = 0  # number of the first line in ``pending``
-    exhausted = False
+    pending: list[bytes] = []  # lines read ahead, not yet given out (at most max_record_bytes)
+    head = 0  # index of the next line to give out in ``pending``
+    source = _as_bytes(lines, encoding)
+    line_number = 0
 
-    def fill(count: int) -> None:
-        nonlocal exhausted
-        while len(pending) < count and not exhausted:
-            try:
-                pending.append(next(source))
-            except StopIteration:
-                exhausted = True
+    def fetch() -> bool:
+        try:
+            pending.append(next(source))
+            return True
+        except StopIteration:
+            return False
 
     while True:
-        fill(1)
-        if not pending:
-            return
-        first = pending[0]
+        if head == len(pending):
+            pending.clear()
+            head = 0
+            if not fetch():
+                return
+        first = pending[head]
         line_number += 1
-        if first.count('"') % 2 == 0:
-            pending.pop(0)
+        quotes = first.count(b'"')
+        if quotes % 2 == 0:
+            head += 1
             yield line_number, _strip_line_end(first), True
             continue
-        quotes, taken = first.count('"'), 1
-        while quotes % 2 == 1 and taken < max_record_lines:
-            fill(taken + 1)
-            if len(pending) <= taken:
+        size, taken = len(first), 1
+        while quotes % 2 == 1 and size <= max_record_bytes:
+            if head + taken == len(pending) and not fetch():
                 break
-            quotes += pending[taken].count('"')
+            line = pending[head + taken]
+            quotes += line.count(b'"')
+            size += len(line)
             taken += 1
-        if quotes % 2 == 0:
-            text = "".join(pending[:taken])
-            del pending[:taken]
-            yield line_number, _strip_line_end(text), True
+        if quotes % 2 == 0 and size <= max_record_bytes:
+            raw = b"".join(pending[head : head + taken])
+            head += taken
+            yield line_number, _strip_line_end(raw), True
             line_number += taken - 1
         else:
-            pending.pop(0)
+            head += 1
             yield line_number, _strip_line_end(first), False
+        if head > 1024 and head * 2 > len(pending):
+            del pending[:head]
+            head = 0
 
 
-def read_header(lines: Iterable[str]) -> list[str]:
-    """The column names from a file's first record."""
-    for _, text, balanced in iter_raw_records(lines):
+def decode_record(raw: bytes, encoding: str) -> str:
+    """A record's text; UnicodeDecodeError when its bytes are not valid ``encoding``."""
+    return raw.decode(encoding)
+
+
+def _shown(raw: bytes, encoding: str) -> str:
+    return raw.decode(encoding, errors="replace")
+
+
+def read_header(lines: Iterable[Union[bytes, str]], dialect: CsvDialect = DEFAULT_DIALECT) -> list[str]:
+    """The column names from a file's first record; consumes exactly the header's lines.
+
+    A UTF-8 byte-order mark (Excel's "CSV UTF-8") is stripped; one in a file read with another
+    encoding is refused, as is a UTF-16 one, rather than read as part of the first name.
+    """
+    delimiter = dialect.delimiter or ","
+    where = dialect.describe()
+    source = iter(_as_bytes(lines, dialect.encoding))
+    try:
+        first = next(source)
+    except StopIteration:
+        raise CsvHeaderError("the file is empty: no header") from None
+    bom = ""
+    if first.startswith(UTF8_BOM):
+        if dialect.encoding != "utf-8":
+            raise CsvHeaderError(
+                f"the file starts with a UTF-8 byte-order mark but is {where}: it is UTF-8 "
+                "(e.g. Excel's 'CSV UTF-8'); pass --encoding utf-8"
+            )
+        first = first[len(UTF8_BOM):]
+        bom = " (after the UTF-8 byte-order mark at the start of the file, which is stripped)"
+    elif first.startswith(_UTF16_BOMS):
+        raise CsvHeaderError("the file starts with a UTF-16 byte-order mark: convert it to UTF-8")
+
+    def chained() -> Iterator[bytes]:
+        yield first
+        yield from source
+
+    records = iter_raw_records(chained(), max_record_bytes=dialect.max_record_bytes)
+    for _, raw, balanced in records:
         try:
             if not balanced:
                 raise ValueError("unbalanced quotes")
-            names = split_record(text)
+            try:
+                text = decode_record(raw, dialect.encoding)
+            except UnicodeDecodeError as error:
+                raise ValueError(f"not valid {dialect.encoding}: {error.reason} at byte {error.start}") from None
+            names = split_record(text, delimiter)
         except ValueError as error:
-            raise CsvHeaderError(f"unreadable CSV header: {error}") from None
+            raise CsvHeaderError(f"unreadable CSV header{bom}, {where}: {error}") from None
         if any(not isinstance(name, str) or name == "" for name in names):
-            raise CsvHeaderError(f"CSV header has empty or non-text column names: {names!r}")
+            shown = [canonical_text(n) for n in names]
+            raise CsvHeaderError(f"CSV header{bom} has empty column names: {shown!r}, {where}")
         if len(set(names)) != len(names):
-            raise CsvHeaderError(f"CSV header repeats a column name: {names!r}")
+            raise CsvHeaderError(f"CSV header{bom} repeats a column name: {names!r}, {where}")
         return [str(name) for name in names]
     raise CsvHeaderError("the file is empty: no header")
 
 
 def iter_records(
-    lines: Iterable[str], n_fields: int, *, max_record_lines: int = DEFAULT_MAX_RECORD_LINES
+    lines: Iterable[Union[bytes, str]], n_fields: int, dialect: CsvDialect = DEFAULT_DIALECT, *,
+    max_record_bytes: Optional[int] = None,
 ) -> Iterator[Union[Record, BrokenRecord]]:
     """Parse data records (the header already consumed) of ``n_fields`` fields each.
 
     Blank lines are skipped, as pandas and the csv module do. Line numbers count from the first
     line given, so a caller that consumed a one-line header passes ``lines`` and adds 1.
     """
-    records = iter_raw_records(lines, max_record_lines=max_record_lines)
-    for line_number, text, balanced in records:
-        if text == "":
-            continue
-        if not balanced:
-            yield BrokenRecord(text, line_number, "a quoted field is never closed")
+    delimiter = dialect.delimiter or ","
+    bound = max_record_bytes or dialect.max_record_bytes
+    records = iter_raw_records(lines, max_record_bytes=bound, encoding=dialect.encoding)
+    for line_number, raw, balanced in records:
+        if raw == b"":
             continue
         try:
-            values = split_record(text)
+            text = decode_record(raw, dialect.encoding)
+        except UnicodeDecodeError as error:
+            detail = (
+                f"not valid {dialect.encoding} ({error.reason} at byte {error.start} of the record); "
+                "the raw bytes are kept in raw_base64 (choose the file's encoding with --encoding)"
+            )
+            yield BrokenRecord(_shown(raw, dialect.encoding), line_number, detail, Reason.BAD_ENCODING.value, raw)
+            continue
+        if not balanced:
+            detail = f"a quoted field is never closed (within {bound} bytes or before the end of the file)"
+            yield BrokenRecord(text, line_number, detail)
+            continue
+        try:
+            values = split_record(text, delimiter)
         except ValueError as error:
             yield BrokenRecord(text, line_number, f"malformed CSV record: {error}")
             continue
         if len(values) != n_fields:
-            detail = f"expected {n_fields} fields as in the header, found {len(values)}"
+            detail = f"expected {n_fields} fields as in the header, found {len(values)} ({dialect.describe()})"
             yield BrokenRecord(text, line_number, detail)
             continue
         yield Record(values, line_number)
@@ -189,12 +382,8 @@ def format_value(value: Any) -> str:
     """One field as the original producer writes it (``QUOTE_NONNUMERIC``)."""
     if value is None:
         return '""'
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, Integral):
-        return str(int(value))
-    if isinstance(value, Real):
-        return repr(float(value))
+    if isinstance(value, (bool, Integral, decimal.Decimal, Real)) and not isinstance(value, str):
+        return str(canonical_text(value))
     text = str(value)
     return '"' + text.replace('"', '""') + '"'
 

@@ -18,10 +18,13 @@ redistributed (:class:`~apache_beam.transforms.util.Reshuffle`) before the parse
 so the expensive work still spreads. One log line per such file says why.
 
 What the source emits, and what crosses a shuffle, is the compact :data:`RawRecord`: ``(source
-path, line number, record text)`` with an explicit tuple coder (no pickled dicts, no decoded
-pixels). Records become typed row dicts afterwards, in :func:`parse_raw_record`.
+path, line number, record bytes)`` with an explicit tuple coder (no pickled dicts, no decoded
+pixels). Records are decoded (``--encoding``) and become typed row dicts afterwards, in
+:func:`parse_raw_record`, so a record in another encoding is one ``bad_encoding`` row.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import io
 import logging
@@ -38,17 +41,16 @@ from apache_beam.io.concat_source import ConcatSource
 from apache_beam.io.filebasedsource import FileBasedSource
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.range_trackers import OffsetRangeTracker
 
 from transforms import csv_records
 
 _LOG = logging.getLogger(__name__)
 
-#: ``(source path, 1-based line number where the record starts, record text without its line
+#: ``(source path, 1-based line number where the record starts, record bytes without its line
 #: ending)``: what the CSV source emits and what crosses a shuffle.
-RawRecord = Tuple[str, int, str]
+RawRecord = Tuple[str, int, bytes]
 RAW_RECORD_CODER = coders.TupleCoder(
-    [coders.StrUtf8Coder(), coders.VarIntCoder(), coders.StrUtf8Coder()]
+    [coders.StrUtf8Coder(), coders.VarIntCoder(), coders.BytesCoder()]
 )
 
 #: Bytes read per step of the planning scan (one numpy pass each).
@@ -61,24 +63,6 @@ MIN_INDEX_STEP = 1 << 20
 #: A file's line index has at most this many entries (it travels with every split of the file).
 MAX_INDEX_ENTRIES = 4096
 _QUOTE, _LF, _CR = ord('"'), ord("\n"), ord("\r")
-
-
-@dataclass(frozen=True)
-class CsvDialect:
-    """How a CSV file's bytes become record text (the parse itself is :mod:`csv_records`').
-
-    Splitting by byte ranges needs an encoding where ``\\n`` and ``"`` are single bytes that never
-    occur inside another character (UTF-8, Latin-1 and other ASCII-compatible encodings).
-    """
-
-    encoding: str = "utf-8"
-
-    def decode(self, data: bytes) -> str:
-        return data.decode(self.encoding, errors="replace")
-
-    def text(self, binary: io.BufferedIOBase) -> io.TextIOWrapper:
-        """A binary stream as text with line endings kept (quoted cells may hold newlines)."""
-        return io.TextIOWrapper(binary, encoding=self.encoding, errors="replace", newline="")
 
 
 class _RawReader(io.RawIOBase):
@@ -310,7 +294,7 @@ def _literal_pattern(path: str) -> str:
 class CsvFileSource(FileBasedSource):
     """One CSV file as :data:`RawRecord` s, split by byte ranges when its plan allows."""
 
-    def __init__(self, plan: CsvFilePlan, dialect: CsvDialect = CsvDialect(), min_bundle_size: int = 0):
+    def __init__(self, plan: CsvFilePlan, dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT, min_bundle_size: int = 0):
         super().__init__(
             _literal_pattern(plan.path),
             min_bundle_size=min_bundle_size,
@@ -337,14 +321,17 @@ class CsvFileSource(FileBasedSource):
     def _read_whole(self, file_name: str, range_tracker) -> Iterator[RawRecord]:
         # Unsplittable: the tracker only needs increasing positions; record line numbers are.
         with self.open_file(file_name) as raw:
-            stream = self._dialect.text(binary_stream(raw))
-            records = csv_records.iter_raw_records(stream)
+            stream = binary_stream(raw)
+            records = csv_records.iter_raw_records(
+                iter(stream.readline, b""), max_record_bytes=self._dialect.max_record_bytes
+            )
             next(records, None)  # the header, checked at planning
-            for line, text, _balanced in records:
+            for line, data, balanced in records:
                 if not range_tracker.try_claim(line):
                     return
-                if text:
-                    yield file_name, line, text
+                if data:
+                    # an unbalanced record is its first line alone: parsed, it stays unbalanced
+                    yield file_name, line, data
 
     def _line_at(self, stream, start: int) -> tuple[int, int]:
         """``(offset, line number)`` of the first line that begins at or after ``start``;
@@ -376,7 +363,6 @@ class CsvFileSource(FileBasedSource):
             return 0 if stop_position <= next_start else iobase.RangeTracker.SPLIT_POINTS_UNKNOWN
 
         range_tracker.set_split_points_unclaimed_callback(split_points_unclaimed)
-        decode = self._dialect.decode
         with self.open_file(file_name) as stream:
             offset, line = self._line_at(stream, range_tracker.start_position())
             if offset < 0:
@@ -389,13 +375,13 @@ class CsvFileSource(FileBasedSource):
                     return
                 offset += len(data)
                 next_start = offset
-                text = data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
-                if text:
-                    yield file_name, line, decode(text)
+                data = data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+                if data:
+                    yield file_name, line, data
                 line += 1
 
 
-def csv_source(plans: Sequence[CsvFilePlan], dialect: CsvDialect = CsvDialect()) -> iobase.BoundedSource:
+def csv_source(plans: Sequence[CsvFilePlan], dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT) -> iobase.BoundedSource:
     """One source over the given files; each file's own plan travels only with its own splits."""
     sources = [CsvFileSource(p, dialect) for p in plans if p.size > 0]
     return sources[0] if len(sources) == 1 else ConcatSource(sources)
@@ -405,7 +391,7 @@ class ReadCsvRecords(beam.PTransform):
     """:data:`RawRecord` s of every planned file: split files read in ranges, whole-read files'
     records redistributed (compactly, with :data:`RAW_RECORD_CODER`) before anything else runs."""
 
-    def __init__(self, plans: Sequence[CsvFilePlan], dialect: CsvDialect = CsvDialect()):
+    def __init__(self, plans: Sequence[CsvFilePlan], dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT):
         super().__init__()
         self._plans = tuple(plans)
         self._dialect = dialect
@@ -434,13 +420,13 @@ class ReadCsvRecords(beam.PTransform):
 
 
 def parse_raw_record(
-    record: RawRecord, n_fields: int
+    record: RawRecord, n_fields: int, dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT
 ) -> Optional[Union[csv_records.Record, csv_records.BrokenRecord]]:
-    """One record's text parsed by :mod:`transforms.csv_records` (``None`` for a blank record),
-    with the record's own line number."""
-    source, line, text = record
-    for parsed in csv_records.iter_records([text], n_fields):
+    """One record's bytes decoded and parsed by :mod:`transforms.csv_records` (``None`` for a
+    blank record), with the record's own line number. ``dialect`` is resolved for the file."""
+    _source, line, data = record
+    for parsed in csv_records.iter_records([data], n_fields, dialect):
         if isinstance(parsed, csv_records.Record):
             return csv_records.Record(parsed.values, line)
-        return csv_records.BrokenRecord(parsed.raw, line, parsed.detail)
+        return dataclasses.replace(parsed, line_number=line)
     return None

@@ -8,13 +8,13 @@ to :class:`transforms.decode.DecodeCrops`.
 """
 from __future__ import annotations
 
-import io
+import base64
 import itertools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms import csv_records, parquet_source
-from transforms.csv_source import CsvDialect, CsvFilePlan, RawRecord, ReadCsvRecords, binary_stream
+from transforms.csv_source import CsvFilePlan, RawRecord, ReadCsvRecords, binary_stream
 from transforms.csv_source import parse_raw_record, plan_csv_files
 from transforms.row_schema import ColumnValueError, conform_row, infer_csv_schema
 from transforms.errors import ERRORS_TAG, error_record
@@ -32,8 +32,11 @@ _LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "osnet"
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
-#: How many CSV records of the first file decide the pass-through column types.
+#: How many CSV records of each file (at most) decide the pass-through column types.
 TYPE_SAMPLE_RECORDS = 1000
+#: Bytes read for the type sample across all files, and at least per file (records stay whole).
+TYPE_SAMPLE_TOTAL_BYTES = 256 * 1024 * 1024
+TYPE_SAMPLE_MIN_FILE_BYTES = 256 * 1024
 
 
 class InputError(ValueError):
@@ -51,6 +54,8 @@ class InputLayout:
     parquet_shards: tuple[parquet_source.ParquetShard, ...] = ()
     #: CSV only: how each file is read (split by lines, or whole), from the planning scan.
     csv_plans: tuple[CsvFilePlan, ...] = ()
+    #: CSV only: delimiter, encoding and record bound (the delimiter resolved per file).
+    dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT
 
     @property
     def columns(self) -> list[str]:
@@ -89,36 +94,59 @@ def match_files(pattern: str) -> list[str]:
     return files
 
 
-def open_text(path: str, dialect: CsvDialect = CsvDialect()) -> io.TextIOWrapper:
-    """A file as text with line endings kept (quoted cells may hold newlines), decompressed
-    by its suffix (``.gz``, ``.bz2``, ``.zst``)."""
-    return dialect.text(binary_stream(FileSystems.open(path)))
+def open_lines(stream: Any, limit: Optional[int] = None) -> Iterator[bytes]:
+    """A binary stream's lines, endings kept (records are decoded one by one: csv_records);
+    compressed files (``.gz``, ``.bz2``, ``.zst``) are decompressed by their suffix."""
+    stream = binary_stream(stream)
+    read = 0
+    for line in iter(stream.readline, b""):
+        yield line
+        read += len(line)
+        if limit is not None and read >= limit:
+            return
 
 
-def _csv_header(path: str) -> list[str]:
+def _csv_header(path: str, dialect: csv_records.CsvDialect) -> list[str]:
     try:
-        with open_text(path) as stream:
-            return csv_records.read_header(stream)
+        with FileSystems.open(path) as stream:
+            return csv_records.read_header(open_lines(stream), dialect.for_path(path))
     except csv_records.CsvHeaderError as error:
         raise InputError(f"{path}: {error}") from None
     except OSError as error:
         raise InputError(f"{path}: cannot read: {error}") from None
 
 
-def _sample_csv_rows(path: str, n_fields: int) -> list[list[Any]]:
-    with open_text(path) as stream:
-        next(csv_records.iter_raw_records(stream), None)  # the header
-        records = csv_records.iter_records(stream, n_fields)
+def _sample_csv_rows(
+    path: str, n_fields: int, dialect: csv_records.CsvDialect, max_bytes: Optional[int] = None,
+    drop: Optional[int] = None,
+) -> list[list[Any]]:
+    """The first records of one file (up to TYPE_SAMPLE_RECORDS, about ``max_bytes``), without
+    the values of column ``drop`` (the image column: its type is not used, its cells are large)."""
+    dialect = dialect.for_path(path)
+    with FileSystems.open(path) as stream:
+        lines = open_lines(stream, max_bytes)
+        csv_records.read_header(lines, dialect)
+        records = csv_records.iter_records(lines, n_fields, dialect)
         sample = itertools.islice(records, TYPE_SAMPLE_RECORDS)
-        return [r.values for r in sample if isinstance(r, csv_records.Record)]
+        rows = [r.values for r in sample if isinstance(r, csv_records.Record)]
+    if drop is not None:
+        for values in rows:
+            values[drop] = None
+    return rows
 
 
-def inspect_input(pattern: str, image_column: str, input_format: str = "auto") -> InputLayout:
+def inspect_input(
+    pattern: str,
+    image_column: str,
+    input_format: str = "auto",
+    dialect: Optional[csv_records.CsvDialect] = None,
+) -> InputLayout:
     """Check every matched file before the job starts; return what the job will read.
 
     Raises InputError naming the file and the columns found when a file cannot be read or lacks
     the image column, so a bad shard costs seconds, not a failed job hours later.
     """
+    dialect = dialect or csv_records.DEFAULT_DIALECT
     files = match_files(pattern)
     fmt = detect_format(files, input_format)
     if fmt == "parquet":
@@ -127,13 +155,14 @@ def inspect_input(pattern: str, image_column: str, input_format: str = "auto") -
         except parquet_source.ParquetInputError as error:
             raise InputError(str(error)) from None
         return InputLayout(fmt, tuple(files), plan.schema, plan.shards)
-    read_columns = _csv_header
+    read_columns = lambda f: _csv_header(f, dialect)  # noqa: E731
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
         per_file = list(pool.map(read_columns, files))
     for path, columns in zip(files, per_file):
         if image_column not in columns:
+            how = f", {dialect.for_path(path).describe()}" if fmt == "csv" else ""
             raise InputError(
-                f"{path}: no image column {image_column!r}; columns found: {list(columns)} "
+                f"{path}: no image column {image_column!r}; columns found: {list(columns)}{how} "
                 "(choose one with --image_column)"
             )
     if fmt == "csv":
@@ -141,12 +170,18 @@ def inspect_input(pattern: str, image_column: str, input_format: str = "auto") -
         for path, columns in zip(files, per_file):
             if list(columns) != list(first):
                 raise InputError(f"{path}: columns {columns} differ from {files[0]}'s {first}")
-        schema = infer_csv_schema(first, _sample_csv_rows(files[0], len(first)))
+        # the first records of every file decide the types (csv_records / row_schema)
+        budget = max(TYPE_SAMPLE_MIN_FILE_BYTES, TYPE_SAMPLE_TOTAL_BYTES // len(files))
+        with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+            drop = list(first).index(image_column)
+            samples = pool.map(lambda f: _sample_csv_rows(f, len(first), dialect, budget, drop), files)
+            rows = [row for sample in samples for row in sample]
+        schema = infer_csv_schema(first, rows)
         try:
             plans = plan_csv_files(files)
         except Exception as error:  # OSError locally, BeamIOError and friends elsewhere
             raise InputError(f"cannot scan the CSV input: {error}") from None
-        return InputLayout(fmt, tuple(files), schema, csv_plans=plans)
+        return InputLayout(fmt, tuple(files), schema, csv_plans=plans, dialect=dialect)
     raise InputError(f"unknown input format {fmt!r}")
 
 
@@ -154,33 +189,44 @@ class ParseCsvRecords(beam.DoFn):
     """:data:`~transforms.csv_source.RawRecord` s to row dicts typed by ``schema``; a record
     that does not parse, or a value that does not fit its column, is an error row."""
 
-    def __init__(self, schema: pa.Schema, image_column: str):
+    def __init__(
+        self, schema: pa.Schema, image_column: str, dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT
+    ):
         self._schema = schema
         self._columns = list(schema.names)
         self._image_column = image_column
+        self._dialect = dialect
 
     def setup(self) -> None:
         self._rows = Metrics.counter(METRICS_NAMESPACE, "rows_read")
         self._parsed = 0
+        self._dialects: dict[str, csv_records.CsvDialect] = {}  # the delimiter, per file
 
     def teardown(self) -> None:
         # lets a user (and the tests) see how the records spread over the worker processes
         _LOG.info("csv records parsed by process %d: %d", os.getpid(), self._parsed)
 
-    def _error(self, reason: str, detail: str, **where: Any) -> beam.pvalue.TaggedOutput:
+    def _error(self, reason: str, detail: str, raw_bytes: Optional[bytes] = None, **where: Any) -> Any:
         self._rows.inc()
         Metrics.counter(METRICS_NAMESPACE, f"errors_{reason}").inc()
-        return beam.pvalue.TaggedOutput(ERRORS_TAG, error_record(reason, detail, **where))
+        record = error_record(reason, detail, **where)
+        if raw_bytes is not None:  # the record's bytes exactly, where they are not valid text
+            record["raw_base64"] = base64.b64encode(raw_bytes).decode("ascii")
+        return beam.pvalue.TaggedOutput(ERRORS_TAG, record)
 
     def process(self, record: RawRecord) -> Iterator[Any]:
-        parsed = parse_raw_record(record, len(self._columns))
+        source = record[0]
+        dialect = self._dialects.get(source)
+        if dialect is None:
+            dialect = self._dialects[source] = self._dialect.for_path(source)
+        parsed = parse_raw_record(record, len(self._columns), dialect)
         if parsed is None:
             return
         self._parsed += 1
-        source, line = record[0], parsed.line_number
+        line = parsed.line_number
         if isinstance(parsed, csv_records.BrokenRecord):
             yield self._error(
-                Reason.BAD_CSV_RECORD.value, parsed.detail, raw_line=parsed.raw, source=source, line=line
+                parsed.reason, parsed.detail, parsed.raw_bytes, raw_line=parsed.raw, source=source, line=line
             )
             return
         row = dict(zip(self._columns, parsed.values))
@@ -215,9 +261,9 @@ class ReadRows(beam.PTransform):
         plans = self._layout.csv_plans or plan_csv_files(self._layout.files)
         parsed = (
             pbegin
-            | "ReadCsv" >> ReadCsvRecords(plans)
+            | "ReadCsv" >> ReadCsvRecords(plans, self._layout.dialect)
             | "ParseCsv"
-            >> beam.ParDo(ParseCsvRecords(self._layout.schema, self._image_column)).with_outputs(ERRORS_TAG, main="rows")
+            >> beam.ParDo(ParseCsvRecords(self._layout.schema, self._image_column, self._layout.dialect)).with_outputs(ERRORS_TAG, main="rows")
         )
         return {"rows": parsed.rows, "errors": parsed[ERRORS_TAG]}
 

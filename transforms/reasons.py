@@ -32,6 +32,7 @@ Row-level codes used by the pipeline (not raised by the codec):
 
 ==================== =====================================================================
 bad_csv_record       a CSV record could not be parsed; the error record carries raw_line
+bad_encoding         a CSV record's bytes are not valid in --encoding; raw_base64 holds them exactly
 bad_column_value     a non-image column's value does not fit the column's type
 inference_failed     the model raised on the batch this row was in
 ==================== =====================================================================
@@ -62,6 +63,7 @@ class Reason(str, Enum):
     SIZE_MISMATCH = "size_mismatch"
     # row-level codes used by the pipeline
     BAD_CSV_RECORD = "bad_csv_record"
+    BAD_ENCODING = "bad_encoding"
     BAD_COLUMN_VALUE = "bad_column_value"
     INFERENCE_FAILED = "inference_failed"
 
@@ -91,6 +93,7 @@ CELL_REASONS: dict[str, str] = {
 
 ROW_REASONS: dict[str, str] = {
     Reason.BAD_CSV_RECORD.value: "a CSV record could not be parsed; the error record carries raw_line",
+    Reason.BAD_ENCODING.value: "a CSV record's bytes are not valid in --encoding; raw_base64 holds them exactly",
     Reason.BAD_COLUMN_VALUE.value: "a non-image column's value does not fit the column's type",
     Reason.INFERENCE_FAILED.value: "the model raised on the batch this row was in",
 }
