@@ -23,6 +23,7 @@ setup(
         "onnx>=1.15",
         "onnxruntime>=1.17",
         "onnxscript>=0.2",  # the torch.export-based ONNX exporter, the fallback of the default one
+        "openvino>=2024.0",  # CPU bf16 (--precision bf16 on AVX512-BF16/AMX cores); pulls no torch
     ],
     extras_require={
         "dataflow": ["apache-beam[gcp]>=2.60"],

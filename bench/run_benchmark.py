@@ -324,7 +324,10 @@ def child_model(spec: dict) -> dict:
 
 
 def child_stages(spec: dict) -> dict:
-    """Per-row cost of the steps around the model, single-threaded: CSV parse, decode, resize+normalise."""
+    """Per-row cost of the steps around the model, single-threaded: CSV parse, decode, resize+normalise;
+    and resize+normalise as the CPU backends' worker threads run it (wall time per crop)."""
+    import numpy as np
+
     from model.preprocess import preprocess_batch
     from transforms import csv_records
     from transforms.crop_codec import decode_crop
@@ -344,8 +347,20 @@ def child_stages(spec: dict) -> dict:
     for start in range(0, len(crops), 8):
         preprocess_batch(crops[start : start + 8])
     preprocess_s = (time.perf_counter() - started) / len(crops)
+    # The same preprocessing as the CPU backends now run it: crop by crop on their worker threads
+    # (one per core; here without the network, so wall time per crop over every core).
+    from model.backends import _default_threads, _map_crops, _network_pool
+
+    pool = _network_pool(_default_threads(), "bench-preprocess")
+    one = lambda crop: np.zeros((1, 512), np.float32) + preprocess_batch([crop])[0, 0, 0, 0]  # noqa: E731
+    _map_crops(pool, one, crops[:8])
+    started = time.perf_counter()
+    _map_crops(pool, one, crops)
+    pooled_s = (time.perf_counter() - started) / len(crops)
+    pool.shutdown()
     return {"rows": len(records), "csv_parse_ms_per_row": csv_s * 1e3, "decode_ms_per_row": decode_s * 1e3,
-            "preprocess_ms_per_crop": preprocess_s * 1e3, **_rusage()}
+            "preprocess_ms_per_crop": preprocess_s * 1e3, "preprocess_in_worker_threads_wall_ms_per_crop": pooled_s * 1e3,
+            "worker_threads": _default_threads(), **_rusage()}
 
 
 def batches_of(stamps: Sequence[float], gap: float = BATCH_GAP_S) -> list[int]:
@@ -736,7 +751,8 @@ def summarise_bench(args: argparse.Namespace, runs: dict[str, list], source: str
         "peak_rss_mb": rss("e2e"),
     }
     if runs.get("stages"):
-        out["stages"] = {k: v for k, v in runs["stages"][0]["result"].items() if k.endswith(("_row", "_crop", "rows"))}
+        out["stages"] = {k: v for k, v in runs["stages"][0]["result"].items()
+                         if k.endswith(("_row", "_crop", "rows", "threads"))}
 
     best = max(candidates)
     best_median, best_backend, best_size, best_values = best
@@ -894,7 +910,9 @@ def _model_markdown(result: dict[str, Any], b: dict[str, Any]) -> str:
     if "stages" in b:
         s = b["stages"]
         lines += ["", f"Per-row cost outside the model (one core): CSV parse {s['csv_parse_ms_per_row']:.2f} ms, "
-                      f"crop decode {s['decode_ms_per_row']:.2f} ms, resize + normalise {s['preprocess_ms_per_crop']:.2f} ms."]
+                      f"crop decode {s['decode_ms_per_row']:.2f} ms, resize + normalise {s['preprocess_ms_per_crop']:.2f} ms; "
+                      f"resize + normalise on the backend's {s.get('worker_threads', '?')} worker threads: "
+                      f"{s.get('preprocess_in_worker_threads_wall_ms_per_crop', float('nan')):.2f} ms of wall time per crop."]
     noisy = b["machine_load"]["noisy_runs"]
     if noisy:
         lines += ["", f"Machine not quiet during: {', '.join(noisy)} (other processes used more than "
