@@ -14,7 +14,8 @@ For each checkpoint, on the 198 real crops of ../shared/data/real_crops:
   (``flush_denormals=False``), ORT fp32 flushed, ORT fp32 flushed on weights whose denormals were
   zeroed at load (the "also flush the weights" question), and OpenVINO bf16.
 
-Results: printed, and written to ``--out``/cpu_precision.json (default bench/results).
+Results: printed, and written to ``--out``/cpu_precision.{json,md} (default bench/results; with
+the default, the tables in bench/README.md and README.md are updated too).
 """
 from __future__ import annotations
 
@@ -105,6 +106,27 @@ def measure(stem: str, shared: Path, repeats: int) -> dict:
     return {"fidelity": fidelity, "speed_batch_32": speed}
 
 
+def markdown(record: dict) -> tuple[str, str]:
+    """(bench/README.md's full table, README.md's bf16 rows) from a record."""
+    full = [f"Measured {record['date']}, {record['machine'].get('cpu_model', '?')}, "
+            f"{record['machine'].get('cores_available')} cores, load average {record['loadavg_start'][0]:.1f} at the "
+            f"start and {record['loadavg_end'][0]:.1f} at the end; medians of per-batch ratios.", "",
+            "| checkpoint (denormal weights) | variant | vs ORT fp32 no flush | vs ORT fp32 flushed | "
+            "min / median cosine | rank-1 (reference) |", "|---|---|---|---|---|---|"]
+    short = []
+    for stem, result in record["results"].items():
+        f, s = result["fidelity"], result["speed_batch_32"]
+        for name in s:
+            full.append(f"| {stem} ({f['denormal_weights']}) | {name} | {s[name]['vs_ort_fp32_noflush']:.2f}x | "
+                        f"{s[name]['vs_ort_fp32_flush']:.2f}x | {f[name]['min_cosine']:.5f} / {f[name]['median_cosine']:.5f} "
+                        f"(vs {f[name]['vs']}) | {f[name]['rank1']:.3f} ({f['reference']['rank1']:.3f}) |")
+        if "openvino_bf16" in s:
+            short.append(f"| {stem} | {s['openvino_bf16']['vs_ort_fp32_flush']:.2f}x | "
+                         f"{f['openvino_bf16']['min_cosine']:.4f} / {f['openvino_bf16']['median_cosine']:.4f} | "
+                         f"{f['ort_fp32_flush']['rank1']:.3f} -> {f['openvino_bf16']['rank1']:.3f} |")
+    return "\n".join(full) + "\n", "\n".join(short) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stems", default=",".join(STEMS))
@@ -132,6 +154,17 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cpu_precision.json").write_text(json.dumps(record, indent=1))
+    full, short = markdown(record)
+    (out / "cpu_precision.md").write_text(full)
+    print(full)
+    if out.resolve() == rb.DEFAULT_OUT.resolve():
+        rb.update_readme(full, "<!-- cpu-precision:begin -->", "<!-- cpu-precision:end -->")
+        readme = BENCH_DIR.parent / "README.md"
+        text = readme.read_text()
+        begin, end = "<!-- cpu-bf16:begin -->", "<!-- cpu-bf16:end -->"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            readme.write_text(f"{head}{begin}\n{short}{end}{rest.split(end, 1)[1]}")
     return 0
 
 

@@ -176,3 +176,31 @@ def test_preprocessing_in_the_network_threads_changes_no_value(shared_weights_di
     torch_encoder = OsNetEncoder(weight_filepath=shared_weights_dir / "osnet_x0_25_msmt17.pth", GPU=False,
                                  backend="torch")
     assert not torch_encoder.preprocesses_in_network_threads
+
+
+@needs_bf16_cpu
+def test_cli_precision_bf16_on_cpu(tmp_path, seed_table, reference_dir):
+    """``python -m pipeline --device cpu --precision bf16``, as a user runs it: features close to
+    torchreid's fp32 ones (bundled default weights), not equal to them."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+    from tests.pipeline_helpers import read_parquet_features, reference_features
+
+    table = tmp_path / "table.csv"
+    lines = seed_table.read_text().splitlines(keepends=True)  # one record a line (hex cells)
+    table.write_text("".join(lines[:41]))  # header + 40 crops, as the producer wrote them
+    completed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--input", str(table), "--output", str(tmp_path / "out"),
+         "--device", "cpu", "--precision", "bf16"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    features = read_parquet_features(tmp_path / "out").to_pylist()
+    assert len(features) == 40
+    reference = reference_features(reference_dir, "osnet_x0_25_msmt17")
+    got = np.array([row["feature_vector"] for row in features], np.float32)
+    want = np.array([reference[row["file"]] for row in features], np.float32)
+    cosine = row_cosine(got, want)
+    assert BF16_MIN_COSINE <= cosine.min() and cosine.min() < 0.99999
