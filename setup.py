@@ -23,8 +23,9 @@ setup(
         "onnx>=1.15",
         "onnxruntime>=1.17",
         "onnxscript>=0.2",  # the torch.export-based ONNX exporter, the fallback of the default one
-        "tqdm>=4.60",  # evaluate's progress bar
+        "tqdm>=4.60",  # the progress bars of the job and of evaluate
         "matplotlib>=3.7",  # the histograms of evaluate / compare --report
+        "openvino>=2024.0",  # CPU bf16 (--precision bf16 on AVX512-BF16/AMX cores); pulls no torch
     ],
     extras_require={
         "dataflow": ["apache-beam[gcp]>=2.60"],

@@ -68,6 +68,23 @@ COLUMNS = ["frame", "track_id", "camera", "file", "feature_vector"]
 SEED_TABLE = Path("data") / "seed_format" / "real_crops.csv"
 SHARED_WEIGHTS = {"osnet_ibn_x1_0": Path("weights") / "osnet_ibn_x1_0_random.pth"}
 BENCH_ARCH = "osnet_ibn_x1_0"
+#: ``--models`` names: (arch, weights relative to ../shared, or None for the bundled file). The
+#: default runs the weights users get by default (model zoo, denormal-laden), the trained x1.0
+#: stand-in and the product's x1.0 IBN architecture, each measured side by side in one invocation.
+MODELS = {
+    "x0_25_msmt17": ("osnet_x0_25", None),
+    "x1_0_market": ("osnet_x1_0", Path("weights") / "osnet_x1_0_market1501_from_int8.pth"),
+    "ibn_x1_0": ("osnet_ibn_x1_0", Path("weights") / "osnet_ibn_x1_0_random.pth"),
+}
+DEFAULT_MODELS = list(MODELS)
+#: model-only variants (``--backends``): the product's runtimes, today's ORT without flushing
+#: denormals (the reference of issue 13), and the opt-in CPU bf16 mode (where the CPU has it).
+BACKEND_VARIANTS = ("torch", "onnxruntime", "onnxruntime_noflush", "openvino_bf16")
+DEFAULT_BACKENDS = ["torch", "onnxruntime_noflush", "onnxruntime", "openvino_bf16"]
+TARGET_FLUSH_X0_25 = 3.5  # ORT fp32 with flushing vs without, bundled default weights, model only
+TARGET_E2E_VS_MODEL_X0_25 = 0.7
+TARGET_VS_LOOP_X0_25 = 10.0
+TARGET_BF16_VS_FP32 = 2.0  # trained x1.0 stand-in
 RESULT_MARKER = "@@BENCH_RESULT@@ "
 TARGET_VS_LOOP = 3.5
 TARGET_VS_MODEL = 0.85
@@ -257,8 +274,22 @@ def child_loop(spec: dict) -> dict:
             "load_s": load_s, "torch_threads": torch.get_num_threads(), **_rusage()}
 
 
+def make_backend(module: Any, variant: str, threads: Optional[int]) -> Any:
+    """A model-only variant of :data:`BACKEND_VARIANTS` on CPU."""
+    from model.backends import OnnxRuntimeBackend, create_backend
+
+    if variant == "onnxruntime_noflush":
+        return OnnxRuntimeBackend(module, "cpu", threads, flush_denormals=False)
+    if variant == "openvino_bf16":
+        return create_backend(module, backend="auto", device="cpu", precision="bf16", threads=threads)
+    return create_backend(module, backend=variant, device="cpu", threads=threads)
+
+
 def child_model(spec: dict) -> dict:
-    """One backend on preprocessed batches: images per second at each batch size."""
+    """One backend on preprocessed batches: images per second at each batch size; for reduced
+    precision also the cosine of its features to ONNX Runtime fp32's on the same images."""
+    import numpy as np
+
     from model.backends import create_backend
     from model.checkpoint import load_osnet
     from model.preprocess import preprocess_batch
@@ -266,8 +297,8 @@ def child_model(spec: dict) -> dict:
     crops = _load_crops(spec["table"], spec["images"])
     batch = preprocess_batch(crops)
     started = time.perf_counter()
-    backend = create_backend(load_osnet(spec["weights"], spec["arch"]), backend=spec["backend"], device="cpu",
-                             threads=spec.get("threads"))
+    module = load_osnet(spec["weights"], spec["arch"])
+    backend = make_backend(module, spec["backend"], spec.get("threads"))
     create_s = time.perf_counter() - started
     per_size = {}
     for size in spec["batch_sizes"]:
@@ -277,18 +308,26 @@ def child_model(spec: dict) -> dict:
             backend(batch[start : start + size])
         seconds = time.perf_counter() - started
         per_size[str(size)] = len(batch) / seconds
-    extra = {}
+    extra: dict[str, Any] = {}
     if spec["backend"] == "torch":
         import torch
 
         extra["threads"] = torch.get_num_threads()
     else:
         extra["threads"] = getattr(backend, "threads", None)
+    if spec["backend"] == "openvino_bf16":
+        fp32 = create_backend(module, backend="onnxruntime", device="cpu")(batch).astype(np.float64)
+        low = backend(batch).astype(np.float64)
+        cosine = np.sum(fp32 * low, axis=1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(low, axis=1))
+        extra["cosine_vs_fp32"] = {"min": float(cosine.min()), "median": float(np.median(cosine))}
     return {"images": len(batch), "img_per_s": per_size, "create_s": create_s, **extra, **_rusage()}
 
 
 def child_stages(spec: dict) -> dict:
-    """Per-row cost of the steps around the model, single-threaded: CSV parse, decode, resize+normalise."""
+    """Per-row cost of the steps around the model, single-threaded: CSV parse, decode, resize+normalise;
+    and resize+normalise as the CPU backends' worker threads run it (wall time per crop)."""
+    import numpy as np
+
     from model.preprocess import preprocess_batch
     from transforms import csv_records
     from transforms.crop_codec import decode_crop
@@ -308,8 +347,20 @@ def child_stages(spec: dict) -> dict:
     for start in range(0, len(crops), 8):
         preprocess_batch(crops[start : start + 8])
     preprocess_s = (time.perf_counter() - started) / len(crops)
+    # The same preprocessing as the CPU backends now run it: crop by crop on their worker threads
+    # (one per core; here without the network, so wall time per crop over every core).
+    from model.backends import _default_threads, _map_crops, _network_pool
+
+    pool = _network_pool(_default_threads(), "bench-preprocess")
+    one = lambda crop: np.zeros((1, 512), np.float32) + preprocess_batch([crop])[0, 0, 0, 0]  # noqa: E731
+    _map_crops(pool, one, crops[:8])
+    started = time.perf_counter()
+    _map_crops(pool, one, crops)
+    pooled_s = (time.perf_counter() - started) / len(crops)
+    pool.shutdown()
     return {"rows": len(records), "csv_parse_ms_per_row": csv_s * 1e3, "decode_ms_per_row": decode_s * 1e3,
-            "preprocess_ms_per_crop": preprocess_s * 1e3, **_rusage()}
+            "preprocess_ms_per_crop": preprocess_s * 1e3, "preprocess_in_worker_threads_wall_ms_per_crop": pooled_s * 1e3,
+            "worker_threads": _default_threads(), **_rusage()}
 
 
 def batches_of(stamps: Sequence[float], gap: float = BATCH_GAP_S) -> list[int]:
@@ -578,33 +629,72 @@ def run_child(kind: str, spec: dict, label: str, workdir: Path, timeout_s: Optio
 # ------------------------------------------------------------------------------------------------
 # mode bench
 # ------------------------------------------------------------------------------------------------
-def run_bench(args: argparse.Namespace, shared: Optional[Path], workdir: Path) -> dict[str, Any]:
+def bench_models(args: argparse.Namespace, shared: Optional[Path], workdir: Path) -> list[tuple[str, str, str, str]]:
+    """(name, arch, weights path, description) of each model to measure: ``--models``, or the one
+    model ``--arch``/``--weights`` name."""
+    if args.models is None:
+        arch, weights = args.arch, args.weights
+        path, source = bench_weights(shared, arch, weights, workdir)
+        name = "x0_25_msmt17" if arch == "osnet_x0_25" and not weights else arch  # the bundled weights
+        return [(name, arch, path, source)]
+    chosen = []
+    for name in args.models:
+        arch, relative = MODELS[name]
+        if relative is not None and shared is not None and (shared / relative).is_file():
+            path, source = str(shared / relative), f"shared {shared / relative}"
+        else:
+            path, source = bench_weights(shared, arch, None, workdir)
+        chosen.append((name, arch, path, source))
+    return chosen
+
+
+def run_bench(args: argparse.Namespace, shared: Optional[Path], workdir: Path) -> dict[str, dict[str, Any]]:
+    """Every model of :func:`bench_models`, one after the other; within a model the repeats of its
+    modes are interleaved. Returns {model name: summary}."""
+    from model.backends import cpu_supports_bf16
+
     seeds, source = seed_rows(shared)
-    weights, weights_source = bench_weights(shared, args.arch, args.weights, workdir)
     n_table = max(args.e2e_rows, args.loop_crops, args.model_images, args.stage_rows)
     table = workdir / "bench_table.csv"
     write_bench_table(table, n_table, seeds)
     log(f"table: {n_table} rows ({table.stat().st_size / 2**20:.1f} MB), {source}")
-    log(f"model: {args.arch}, weights: {weights_source}")
-    common = {"table": str(table), "weights": weights, "arch": args.arch}
-    runs: dict[str, list] = collections.defaultdict(list)
-    for repeat in range(args.repeats):
-        log(f"repeat {repeat + 1}/{args.repeats}")
-        runs["loop"].append(run_child("loop", {**common, "crops": args.loop_crops}, f"loop_{repeat}", workdir))
-        sizes = args.batch_sizes if repeat % 2 == 0 else list(reversed(args.batch_sizes))
-        for backend in args.backends:
-            spec = {**common, "backend": backend, "batch_sizes": sizes, "images": args.model_images, "threads": args.threads}
-            runs[f"model_{backend}"].append(run_child("model", spec, f"model_{backend}_{repeat}", workdir))
-        output = workdir / f"e2e_out_{repeat}"
-        spec = {**common, "rows": args.e2e_rows, "output": str(output), "pipeline_args": args.e2e_arg}
-        runs["e2e"].append(run_child("e2e", spec, f"e2e_{repeat}", workdir))
-        shutil.rmtree(output, ignore_errors=True)
-        if repeat == 0:
-            runs["stages"].append(run_child("stages", {**common, "rows": args.stage_rows}, "stages", workdir))
-    return summarise_bench(args, runs, source, weights_source)
+    backends = list(args.backends)
+    skipped = {}
+    if "openvino_bf16" in backends and not cpu_supports_bf16():
+        backends.remove("openvino_bf16")
+        skipped["openvino_bf16"] = "this CPU has no AVX512-BF16/AMX"
+        log("openvino_bf16 skipped: this CPU has no AVX512-BF16/AMX")
+    results = {}
+    for name, arch, weights, weights_source in bench_models(args, shared, workdir):
+        log(f"model {name}: {arch}, weights: {weights_source}")
+        common = {"table": str(table), "weights": weights, "arch": arch}
+        runs: dict[str, list] = collections.defaultdict(list)
+        for repeat in range(args.repeats):
+            log(f"{name}: repeat {repeat + 1}/{args.repeats}")
+            runs["loop"].append(run_child("loop", {**common, "crops": args.loop_crops}, f"{name}_loop_{repeat}", workdir))
+            sizes = args.batch_sizes if repeat % 2 == 0 else list(reversed(args.batch_sizes))
+            order = backends if repeat % 2 == 0 else list(reversed(backends))
+            for backend in order:
+                spec = {**common, "backend": backend, "batch_sizes": sizes, "images": args.model_images,
+                        "threads": args.threads}
+                runs[f"model_{backend}"].append(run_child("model", spec, f"{name}_model_{backend}_{repeat}", workdir))
+            output = workdir / f"e2e_out_{repeat}"
+            spec = {**common, "rows": args.e2e_rows, "output": str(output), "pipeline_args": args.e2e_arg}
+            runs["e2e"].append(run_child("e2e", spec, f"{name}_e2e_{repeat}", workdir))
+            shutil.rmtree(output, ignore_errors=True)
+            if repeat == 0:
+                runs["stages"].append(run_child("stages", {**common, "rows": args.stage_rows}, f"{name}_stages", workdir))
+        summary = summarise_bench(args, runs, source, weights_source, arch=arch, backends=backends, name=name)
+        summary["skipped_backends"] = skipped
+        results[name] = summary
+    return results
 
 
-def summarise_bench(args: argparse.Namespace, runs: dict[str, list], source: str, weights_source: str) -> dict[str, Any]:
+def summarise_bench(args: argparse.Namespace, runs: dict[str, list], source: str, weights_source: str,
+                    arch: Optional[str] = None, backends: Optional[Sequence[str]] = None,
+                    name: Optional[str] = None) -> dict[str, Any]:
+    arch = arch or args.arch
+    backends = list(args.backends if backends is None else backends)
     def results(key: str, field: str) -> list:
         return [run["result"][field] for run in runs[key]]
 
@@ -620,20 +710,25 @@ def summarise_bench(args: argparse.Namespace, runs: dict[str, list], source: str
         "peak_rss_mb": rss("loop"),
     }}
     model: dict[str, Any] = {}
-    candidates = []  # (median img/s, backend, batch size, values)
-    for backend in args.backends:
+    candidates = []  # (median img/s, backend, batch size, values): what the pipeline runs by default
+    per_values: dict[tuple[str, int], list] = {}
+    for backend in backends:
         key = f"model_{backend}"
         per_size = {}
         for size in args.batch_sizes:
             values = [r["img_per_s"][str(size)] for r in (run["result"] for run in runs[key])]
             per_size[str(size)] = stats(values)
-            candidates.append((per_size[str(size)]["median"], backend, size, values))
+            per_values[(backend, size)] = values
+            if backend in ("torch", "onnxruntime"):
+                candidates.append((per_size[str(size)]["median"], backend, size, values))
         model[backend] = {
             "img_per_s": per_size,
             "threads": runs[key][0]["result"].get("threads"),
             "create_s": stats(results(key, "create_s")),
             "peak_rss_mb": rss(key),
         }
+        if "cosine_vs_fp32" in runs[key][0]["result"]:
+            model[backend]["cosine_vs_fp32"] = runs[key][0]["result"]["cosine_vs_fp32"]
     out["model_only"] = model
     e2e_runs = [run["result"] for run in runs["e2e"]]
     steady = [r["steady_rows_per_s"] for r in e2e_runs]
@@ -656,7 +751,8 @@ def summarise_bench(args: argparse.Namespace, runs: dict[str, list], source: str
         "peak_rss_mb": rss("e2e"),
     }
     if runs.get("stages"):
-        out["stages"] = {k: v for k, v in runs["stages"][0]["result"].items() if k.endswith(("_row", "_crop", "rows"))}
+        out["stages"] = {k: v for k, v in runs["stages"][0]["result"].items()
+                         if k.endswith(("_row", "_crop", "rows", "threads"))}
 
     best = max(candidates)
     best_median, best_backend, best_size, best_values = best
@@ -695,25 +791,86 @@ def summarise_bench(args: argparse.Namespace, runs: dict[str, list], source: str
         "threshold_cores": NOISY_CORES,
     }
     out["runs"] = {key: [{k: v for k, v in run.items()} for run in value] for key, value in runs.items()}
-    out["inputs"] = {"crops": source, "weights": weights_source, "arch": args.arch}
+    out["inputs"] = {"crops": source, "weights": weights_source, "arch": arch, "name": name or arch}
+    out["issue13"] = issue13_targets(name or arch, out, per_values, steady, loop)
     return out
 
 
+def issue13_targets(name: str, out: dict[str, Any], per_values: dict[tuple[str, int], list],
+                    steady: Sequence[float], loop: Sequence[float]) -> dict[str, Any]:
+    """Issue 13's targets for this model, each a ratio of medians and per repeat (paired), at the
+    batch size the pipeline uses on CPU (32; else the largest measured)."""
+    sizes = sorted({size for _, size in per_values})
+    size = 32 if 32 in sizes else (sizes[-1] if sizes else None)
+    checks: dict[str, Any] = {"batch_size": size}
+
+    def ratio(key: str, numerator: Sequence[float], denominator: Sequence[float], target: float) -> None:
+        value = statistics.median(numerator) / statistics.median(denominator)
+        checks[key] = {"target": target, "value": value,
+                       "paired": stats([n / d for n, d in zip(numerator, denominator)]), "met": value >= target}
+
+    flush, noflush = per_values.get(("onnxruntime", size)), per_values.get(("onnxruntime_noflush", size))
+    bf16 = per_values.get(("openvino_bf16", size))
+    x0_25 = name == "x0_25_msmt17"
+    if flush and noflush:
+        ratio("ort_flush_vs_noflush_model_only", flush, noflush, TARGET_FLUSH_X0_25 if x0_25 else 0.95)
+    if flush:
+        ratio("e2e_vs_ort_flush_model_only", steady, flush, TARGET_E2E_VS_MODEL_X0_25 if x0_25 else TARGET_VS_MODEL)
+    ratio("e2e_vs_original_loop", steady, loop, TARGET_VS_LOOP_X0_25 if x0_25 else TARGET_VS_LOOP)
+    if bf16 and flush:
+        ratio("bf16_vs_fp32_model_only", bf16, flush, TARGET_BF16_VS_FP32 if name == "x1_0_market" else 0.0)
+        checks["bf16_cosine_vs_fp32"] = out["model_only"]["openvino_bf16"].get("cosine_vs_fp32")
+    return checks
+
+
+def _fmt(s: dict, digits: int = 1) -> str:
+    if not s or s.get("median") is None:
+        return "n/a"
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
 def bench_markdown(result: dict[str, Any]) -> str:
-    def fmt(s: dict, digits: int = 1) -> str:
-        if not s or s.get("median") is None:
-            return "n/a"
-        return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+    """Issue 13's targets for every model side by side, then each model's full table."""
+    models = result.get("models") or {result["bench"]["inputs"].get("name", "model"): result["bench"]}
+    lines = [
+        f"Measured {result['meta']['date']} on {result['meta']['machine'].get('cpu_model', '?')}, "
+        f"{result['meta']['machine'].get('cores_available')} cores; {result['meta']['args']['repeats']} repeats, "
+        "median (min-max); ratios of medians, paired per repeat in brackets.",
+        "",
+        "| model | target | required | measured | paired per repeat | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    labels = {"ort_flush_vs_noflush_model_only": "ORT fp32 with denormals flushed vs without, model only",
+              "e2e_vs_ort_flush_model_only": "end to end vs ORT fp32 (flushed) model only",
+              "e2e_vs_original_loop": "end to end vs original loop",
+              "bf16_vs_fp32_model_only": "CPU bf16 (OpenVINO) vs ORT fp32, model only"}
+    for name, b in models.items():
+        checks = b.get("issue13", {})
+        for key, label in labels.items():
+            if key in checks:
+                c = checks[key]
+                met = "yes" if c["met"] else "**no**"
+                lines.append(f"| {name} | {label} (batch {checks['batch_size']}) | >= {c['target']}x | "
+                             f"{c['value']:.2f}x | {_fmt(c['paired'], 2)} | {met} |")
+        cosine = checks.get("bf16_cosine_vs_fp32")
+        if cosine:
+            lines.append(f"| {name} | bf16 cosine to ORT fp32 on the model-only crops: min / median | "
+                         f"(min >= 0.998 on trained weights) | "
+                         f"{cosine['min']:.5f} / {cosine['median']:.5f} | | |")
+    for name, b in models.items():
+        lines += ["", f"### {name}", "", _model_markdown(result, b)]
+    return "\n".join(lines) + "\n"
+
+
+def _model_markdown(result: dict[str, Any], b: dict[str, Any]) -> str:
+    fmt = _fmt
 
     def mb(s: dict) -> str:
         return f"{s['max']:.0f}" if s and s.get("max") is not None else "n/a"
 
-    b = result["bench"]
     loop = b["original_loop"]["crops_per_s"]["median"]
     lines = [
-        f"Measured {result['meta']['date']} on {result['meta']['machine'].get('cpu_model', '?')}, "
-        f"{result['meta']['machine'].get('cores_available')} cores; model {b['inputs']['arch']} fp32 256x128, "
-        f"{b['inputs']['crops']}; {result['meta']['args']['repeats']} repeats, median (min-max).",
+        f"Model {b['inputs']['arch']} 256x128, weights: {b['inputs']['weights']}; {b['inputs']['crops']}.",
         "",
         "| mode | throughput (per s) | vs original loop | peak RSS (MB) |",
         "|---|---|---|---|",
@@ -753,12 +910,14 @@ def bench_markdown(result: dict[str, Any]) -> str:
     if "stages" in b:
         s = b["stages"]
         lines += ["", f"Per-row cost outside the model (one core): CSV parse {s['csv_parse_ms_per_row']:.2f} ms, "
-                      f"crop decode {s['decode_ms_per_row']:.2f} ms, resize + normalise {s['preprocess_ms_per_crop']:.2f} ms."]
+                      f"crop decode {s['decode_ms_per_row']:.2f} ms, resize + normalise {s['preprocess_ms_per_crop']:.2f} ms; "
+                      f"resize + normalise on the backend's {s.get('worker_threads', '?')} worker threads: "
+                      f"{s.get('preprocess_in_worker_threads_wall_ms_per_crop', float('nan')):.2f} ms of wall time per crop."]
     noisy = b["machine_load"]["noisy_runs"]
     if noisy:
         lines += ["", f"Machine not quiet during: {', '.join(noisy)} (other processes used more than "
                       f"{NOISY_CORES} cores on average; see machine_load in latest.json)."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def bench_plot(result: dict[str, Any], path: Path) -> None:
@@ -1172,12 +1331,17 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--out", help=f"results folder (default: {DEFAULT_OUT}; with --tiny a temporary one)")
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run: few crops, 1 repeat, osnet_x0_25")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--arch", default=BENCH_ARCH, help="model of mode bench (default osnet_ibn_x1_0)")
-    parser.add_argument("--weights", help="weights of mode bench (default: ../shared's, else random init)")
+    parser.add_argument("--models", type=words, default=None,
+                        help=f"models of mode bench, comma-separated, from {', '.join(MODELS)} (default: all; "
+                        "x1.0 weights from ../shared, else a random initialisation)")
+    parser.add_argument("--arch", default=BENCH_ARCH, help="instead of --models: one model of this architecture")
+    parser.add_argument("--weights", help="instead of --models: these weights (default: ../shared's, else random init)")
     parser.add_argument("--loop-crops", type=int, default=120, help="crops per repeat of the original loop")
     parser.add_argument("--model-images", type=int, default=64, help="images per batch size per repeat, model only")
     parser.add_argument("--batch-sizes", type=ints, default=[1, 8, 16, 32, 64])
-    parser.add_argument("--backends", type=words, default=["torch", "onnxruntime"])
+    parser.add_argument("--backends", type=words, default=DEFAULT_BACKENDS,
+                        help=f"model-only variants, from {', '.join(BACKEND_VARIANTS)} (openvino_bf16 is skipped on "
+                        "CPUs without AVX512-BF16/AMX)")
     parser.add_argument("--threads", type=int, default=None, help="backend threads, model only (default: the backend's)")
     parser.add_argument("--e2e-rows", type=int, default=1188, help="rows of the end-to-end table")
     parser.add_argument("--e2e-arg", action="append", default=[],
@@ -1198,6 +1362,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--keep-temp", action="store_true", help="keep the temporary folder (tables, logs)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unknown = [m for m in (args.models or []) if m not in MODELS] + [b for b in args.backends if b not in BACKEND_VARIANTS]
+    if unknown:
+        parser.error(f"unknown model or backend {unknown}; models: {list(MODELS)}, backends: {list(BACKEND_VARIANTS)}")
+    if args.models is None and args.arch == BENCH_ARCH and not args.weights and not args.tiny:
+        args.models = DEFAULT_MODELS
     if args.tiny:
         defaults = parser.parse_args([])
         tiny = {"repeats": 1, "quiet_wait": 0.0, "loop_crops": 4, "model_images": 8, "batch_sizes": [1, 4], "e2e_rows": 100,
@@ -1238,7 +1407,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     default_out = out.resolve() == DEFAULT_OUT.resolve() and not args.tiny
     try:
         if args.mode in ("bench", "all"):
-            result = {"meta": meta, "bench": run_bench(args, shared, workdir)}
+            models = run_bench(args, shared, workdir)
+            result = {"meta": meta, "bench": next(iter(models.values())), "models": models}
             (out / "latest.json").write_text(json.dumps(result, indent=1))
             markdown = bench_markdown(result)
             (out / "latest.md").write_text(markdown)

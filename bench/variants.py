@@ -26,6 +26,10 @@ Variants (combine with ``_``, e.g. ``fused_par1``):
   its maximum) instead of anything from a quarter of it up (the code's default since R4: then
   the same as ``base``).
 - ``null``: a model that returns zeros at once: what the pipeline costs around the model.
+- ``callerresize``: the handler resizes the whole batch on the pipeline's thread and the backend's
+  threads only normalise and run the network (the code before issue 13; since then, on CPU, each
+  worker thread resizes and normalises its own crop, then runs it).
+- ``noflush``: ONNX Runtime without flushing denormals in its worker threads (before issue 13).
 
 Each run is its own process; repeats are interleaved and wait for a quiet machine, like
 run_benchmark.py. Results are printed (median, min, max) and written to bench/results/variants_*.json.
@@ -162,6 +166,22 @@ def apply(variant: str) -> None:
             original_init(self, *args, **kwargs)
 
         me.OsNetEncoder.__init__ = init
+    if "callerresize" in parts:
+        from transforms import inference
+
+        def run_inference(self, batch, model, inference_args=None):
+            features = model.encode_pixels(inference.resize_batch(batch, channel_order=self._channel_order))
+            return [inference.PredictionResult(crop, vector) for crop, vector in zip(batch, features)]
+
+        inference.OsNetModelHandler.run_inference = run_inference
+    if "noflush" in parts:
+        original_ort = mb.OnnxRuntimeBackend.__init__
+
+        def ort_init(self, *args, **kwargs):
+            kwargs["flush_denormals"] = False
+            original_ort(self, *args, **kwargs)
+
+        mb.OnnxRuntimeBackend.__init__ = ort_init
     if "null" in parts:
         class Null:
             name, device = "onnxruntime", "cpu"

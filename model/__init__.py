@@ -2,7 +2,7 @@
 
 No Beam here: the pipeline's transforms wrap these, and they can be used and tested on their own.
 """
-from model.backends import FeatureBackend, create_backend, default_batch_size
+from model.backends import FeatureBackend, check_precision, create_backend, default_batch_size
 from model.checkpoint import CheckpointError, infer_architecture, load_osnet, read_state_dict
 from model.encoder import OsNetEncoder
 from model.osnet import ARCHITECTURES, FEATURE_DIM, OSNet, build_osnet
@@ -18,6 +18,7 @@ __all__ = [
     "OSNet",
     "OsNetEncoder",
     "build_osnet",
+    "check_precision",
     "create_backend",
     "default_batch_size",
     "infer_architecture",

@@ -1,8 +1,13 @@
-"""Runtimes that turn a preprocessed batch into features: torch eager, or ONNX Runtime.
+"""Runtimes that turn a preprocessed batch into features: torch eager, ONNX Runtime (fp32), or
+OpenVINO (CPU bf16, opt-in).
 
-Both take the *same* loaded :class:`~model.osnet.OSNet`; the ONNX model is exported from it in
+All take the *same* loaded :class:`~model.osnet.OSNet`; the ONNX model is exported from it in
 memory when the backend is created, so there is no second weights file to keep in sync, and the
 export is checked against torch on a probe batch before it is used.
+
+On CPU every backend runs the network on threads of its own with denormals flushed to zero
+(:func:`_flush_denormals_in_this_thread`); the threads that call a backend keep their mode.
+Which precision may run on which device is decided in one place: :func:`check_precision`.
 
 Measured on this project's 2-core CPU machine (osnet_ibn_x1_0, fp32, batch 8): torch eager about
 45 img/s, ONNX Runtime about 107 img/s (both slower at larger batches), so ``backend="auto"``
@@ -12,23 +17,30 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import os
+import tempfile
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
+from model.osnet import FEATURE_DIM
 from model.preprocess import check_pixels
 
 __all__ = [
     "BACKENDS",
     "FeatureBackend",
     "OnnxRuntimeBackend",
+    "OpenVinoBackend",
     "TorchBackend",
+    "check_precision",
+    "cpu_supports_bf16",
     "create_backend",
     "cuda_batch_size",
     "default_batch_size",
@@ -36,7 +48,7 @@ __all__ = [
     "resolve_device",
 ]
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # Chosen by measurement on the 2-core CPU machine (osnet_ibn_x1_0): torch eager peaks at batch
@@ -47,7 +59,7 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 # switches between their contexts: on an H200 (fp16), model only 6,000-8,400 / 8,300-9,200 /
 # 10,200-10,900 img/s at batch 128 / 256 / 512, and the pipeline with 16 processes 5,200-6,700
 # rows/s at 128 against 8,300 at 512 (bench/README.md, "GPU").
-_CPU_BATCH = {"torch": 8, "onnxruntime": 32}
+_CPU_BATCH = {"torch": 8, "onnxruntime": 32, "openvino": 32}
 _CUDA_BATCH = 512
 # GPU memory a batch may take: the H200 run peaked at 4.1 GB allocated for 512 crops in fp32
 # (8 MB a crop, activations included); each of up to 16 SDK processes on a GPU gets 1/16 of it.
@@ -61,6 +73,10 @@ _PROBE_SHAPE = (2, 3, 256, 128)
 # so one session serves any patch size the encoder is configured with.
 _DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
 _PROBE_MIN_COSINE = 0.9999
+# bf16 keeps 8 bits of mantissa: on a random probe through a random-weight x1.0 network its
+# features are ~0.92 cosine from fp32; an export gone wrong gives ~0. Real crops on trained
+# weights are the fidelity figures that matter (bench/README.md, "CPU bf16").
+_BF16_PROBE_MIN_COSINE = 0.8
 
 
 @runtime_checkable
@@ -98,6 +114,48 @@ def _default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def thread_flushes_denormals() -> bool:
+    """Whether the calling thread's CPU treats denormal float32 inputs as zero (x86 MXCSR DAZ,
+    which ``torch.set_flush_denormal`` sets together with FTZ)."""
+    return float(np.float32(1e-39) * np.float32(1.0)) == 0.0
+
+
+def _flush_denormals_in_this_thread(torch_threads: int | None = None) -> None:
+    """Worker-thread initializer: flush-to-zero / denormals-are-zero for this thread only (and the
+    threads it creates later, which inherit it), and torch's intra-op thread count, which is
+    per thread in OpenMP.
+
+    Model-zoo checkpoints hold denormal weights (the bundled MSMT17 x0_25 file: 741 in 71
+    tensors), their activations go denormal too, and x86 cores take a slow path for every
+    operation on a denormal: measured 4.5x slower here (bench/README.md). Flushing them to zero
+    changes no feature beyond cos 1 - 1e-5 (tests/test_encoder_reference.py): they are below
+    1.2e-38, far under any activation that matters.
+    """
+    torch.set_flush_denormal(True)
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+
+
+def _set_torch_threads(torch_threads: int | None = None) -> None:
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+
+
+def _network_pool(workers: int, prefix: str, flush: bool = True, torch_threads: int | None = None) -> ThreadPoolExecutor:
+    """Threads that run the network, with denormals flushed in them (unless ``flush`` is False,
+    for comparisons): the caller's own threads keep their floating-point mode, so the user's code
+    in the same process is not affected."""
+    initializer = _flush_denormals_in_this_thread if flush else _set_torch_threads
+    return ThreadPoolExecutor(workers, prefix, initializer=initializer, initargs=(torch_threads,))
+
+
+def _map_crops(pool: ThreadPoolExecutor, run: Callable[[Any], np.ndarray], items: Sequence[Any]) -> np.ndarray:
+    """``run`` over ``items`` on ``pool``, the (1, 512) results stacked in order."""
+    if len(items) == 0:
+        return np.empty((0, FEATURE_DIM), np.float32)
+    return np.concatenate(list(pool.map(run, items)))
 
 
 def _check_batch(batch: np.ndarray) -> np.ndarray:
@@ -139,13 +197,16 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, module: nn.Module, device: str = "cpu", precision: str = "fp32", threads: int | None = None) -> None:
+    def __init__(
+        self, module: nn.Module, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
+        *, flush_denormals: bool = True,
+    ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, not {precision!r}")
         self.device = resolve_device(device)
         on_cuda = self.device.startswith("cuda")
         if precision != "fp32" and not on_cuda:
-            raise ValueError(f"precision={precision!r} needs CUDA; on CPU only fp32 is supported")
+            raise ValueError(f"the torch backend runs precision={precision!r} on CUDA only; on CPU: fp32, or bf16 with backend='auto' (OpenVINO)")
         if threads is not None:  # process-wide in torch: the last backend created wins
             torch.set_num_threads(threads)
         if on_cuda and precision == "fp32":
@@ -159,6 +220,10 @@ class TorchBackend:
         self.module = module.eval().to(device=self.device, dtype=self.dtype, memory_format=self._memory_format)
         self._pin = on_cuda
         self._normalization: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # On CPU the network runs on one worker thread with denormals flushed; the OpenMP threads
+        # torch starts from it inherit the mode. The calling thread's mode is left alone.
+        self.flush_denormals = bool(flush_denormals) and not on_cuda
+        self._cpu_runner = None if on_cuda else _network_pool(1, "osnet-torch", self.flush_denormals, torch.get_num_threads())
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
@@ -166,11 +231,16 @@ class TorchBackend:
             tensor = tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
-    def _run(self, tensor: torch.Tensor) -> np.ndarray:
+    def _forward(self, tensor: torch.Tensor) -> np.ndarray:
         tensor = tensor.to(dtype=self.dtype, memory_format=self._memory_format)
         with torch.inference_mode():
             features = self.module(tensor)
         return features.float().cpu().numpy()
+
+    def _run(self, tensor: torch.Tensor) -> np.ndarray:
+        if self._cpu_runner is None:
+            return self._forward(tensor)
+        return self._cpu_runner.submit(self._forward, tensor).result()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self._run(self._to_device(_check_batch(batch)))
@@ -197,6 +267,24 @@ class TorchBackend:
     def features_from_pixels(self, pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
         """Features of resized uint8 (N, H, W, 3) pixels, normalised on the device."""
         return self._run(self.normalize_pixels(pixels, mean, std))
+
+
+def _check_export(
+    backend: Callable[[np.ndarray], np.ndarray], module: nn.Module, min_cosine: float = _PROBE_MIN_COSINE,
+    what: str = "the ONNX export",
+) -> None:
+    """Refuse an exported model that does not compute what the torch module computes."""
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(_PROBE_SHAPE, generator=generator)
+    reference_module = copy.deepcopy(module).float().cpu().eval()
+    with torch.inference_mode():
+        expected = reference_module(probe).numpy()
+    actual = backend(probe.numpy())
+    cosine = np.sum(expected * actual, axis=1) / (
+        np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1) + 1e-12
+    )
+    if actual.shape != expected.shape or not np.all(cosine >= min_cosine):
+        raise RuntimeError(f"{what} does not match the torch module (cosine {cosine.tolist()}); use backend='torch'")
 
 
 def _export_onnx(module: nn.Module) -> bytes:
@@ -270,7 +358,8 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(
-        self, module: nn.Module, device: str = "cpu", threads: int | None = None, *, exporter: str = "auto"
+        self, module: nn.Module, device: str = "cpu", threads: int | None = None, *, exporter: str = "auto",
+        flush_denormals: bool = True,
     ) -> None:
         ort = _onnxruntime()
         self.device = resolve_device(device)
@@ -301,25 +390,15 @@ class OnnxRuntimeBackend:
         graph = _export_onnx(module) if exporter == "auto" else _export_onnx_dynamo(copy.deepcopy(module).float().eval())
         self.session = ort.InferenceSession(graph, sess_options=options, providers=providers)
         self._input = self.session.get_inputs()[0].name
-        self._pool = ThreadPoolExecutor(self.threads, "osnet-ort") if on_cpu and self.threads > 1 else None
+        # On CPU every run, one crop or many, is on the pool's threads, where denormals are flushed
+        # (a single-threaded session computes on the thread that calls it); the caller's thread
+        # keeps its mode. ORT's own "session.set_denormal_as_zero" only reaches its intra-op pool.
+        self.flush_denormals = bool(flush_denormals) and on_cpu
+        self._pool = _network_pool(self.threads, "osnet-ort", self.flush_denormals) if on_cpu else None
         self._check_against(module)
 
     def _check_against(self, module: nn.Module) -> None:
-        """Refuse an export that does not compute what the torch module computes."""
-        generator = torch.Generator().manual_seed(0)
-        probe = torch.randn(_PROBE_SHAPE, generator=generator)
-        reference_module = copy.deepcopy(module).float().cpu().eval()
-        with torch.inference_mode():
-            expected = reference_module(probe).numpy()
-        actual = self(probe.numpy())
-        cosine = np.sum(expected * actual, axis=1) / (
-            np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1) + 1e-12
-        )
-        if actual.shape != expected.shape or not np.all(cosine >= _PROBE_MIN_COSINE):
-            raise RuntimeError(
-                f"the ONNX export does not match the torch module (cosine {cosine.tolist()}); "
-                "use backend='torch'"
-            )
+        _check_export(self, module)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         (features,) = self.session.run(None, {self._input: batch})
@@ -327,18 +406,175 @@ class OnnxRuntimeBackend:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = _check_batch(batch)
-        if self._pool is None or len(batch) < 2:
+        if self._pool is None:
             return self._run(batch)
+        if len(batch) < 2:
+            return self._pool.submit(self._run, batch).result()
         return np.concatenate(list(self._pool.map(self._run, np.split(batch, len(batch)))))
+
+    def map_crops(self, prepare: Callable[[Any], np.ndarray], crops: Sequence[Any]) -> np.ndarray:
+        """Features of ``crops``, each prepared (``prepare(crop)`` -> float32 (1, 3, H, W)) and
+        run on the same pool thread: the preprocessing uses every core too, between inferences,
+        instead of the caller's thread alone (Pillow and numpy release the GIL). CPU only."""
+        if self._pool is None:
+            raise RuntimeError("map_crops runs on the CPU pool; on CUDA call the backend on a batch")
+        return _map_crops(self._pool, lambda crop: self._run(_check_batch(prepare(crop))), crops)
+
+
+def _openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as exc:
+        raise RuntimeError(
+            "precision='bf16' on CPU runs on OpenVINO, which is not installed (pip install 'openvino>=2024.0')"
+        ) from exc
+    return openvino
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo is unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+#: CPU features with native bf16 arithmetic: AVX512-BF16 (dot products) or AMX (tile matmuls).
+_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """Whether this machine's cores compute in bf16 natively (AVX512-BF16 or AMX-BF16).
+
+    Without them OpenVINO would emulate bf16 in fp32: slower than fp32, and less exact.
+    Read from /proc/cpuinfo; elsewhere OpenVINO is asked, when it is installed.
+    """
+    flags = _cpu_flags()
+    if flags:
+        return any(flag in flags for flag in _BF16_CPU_FLAGS)
+    try:
+        return "BF16" in _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:
+        return False
+
+
+def check_precision(device: str, precision: str) -> None:
+    """The one rule for which precision runs on which device; raises ValueError if not allowed.
+
+    - ``fp32``: everywhere.
+    - ``fp16``: CUDA only (torch).
+    - ``bf16``: CUDA (torch), or CPU cores with native bf16 (AVX512-BF16 or AMX), through
+      OpenVINO. Opt-in only: ``auto`` never picks it, since its features are not fp32's
+      (bench/README.md, "CPU bf16": min cosine 0.998 on trained weights).
+
+    ``device`` is "cpu", "cuda[:N]" or "auto" (this machine's: CUDA when torch sees a GPU). The
+    CPU check looks at *this* machine's cores: call it where the job runs, or on a launcher of
+    the same machine type.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, not {precision!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    on_cuda = device == "cuda" or device.startswith("cuda:")
+    if on_cuda or precision == "fp32":
+        return
+    if precision == "fp16":
+        raise ValueError("precision='fp16' needs CUDA; on CPU use fp32, or bf16 on cores with AVX512-BF16/AMX")
+    if not cpu_supports_bf16():
+        raise ValueError(
+            "precision='bf16' on CPU needs cores with native bf16 (AVX512-BF16 or AMX; e.g. Intel Xeon "
+            "Cooper Lake / Sapphire Rapids or later, AMD Zen 4 or later); this CPU has neither: use fp32"
+        )
+
+
+class OpenVinoBackend:
+    """OpenVINO on the graph exported from the module, computing in bf16 (CPU only, opt-in).
+
+    Like :class:`OnnxRuntimeBackend` on CPU: one single-crop inference per crop, run concurrently on
+    ``threads`` Python threads (``InferRequest.infer`` releases the GIL), each with its own
+    request on a model compiled for one crop of the batch's height and width (compiled on first
+    use of a size; static shapes are what OpenVINO's CPU kernels are fastest on). OpenVINO runs
+    the requests on its own stream threads (one per core), with its denormals switch on; the
+    Python threads only wait. Features are returned as float32.
+    """
+
+    name = "openvino"
+
+    def __init__(self, module: nn.Module, device: str = "cpu", threads: int | None = None, precision: str = "bf16") -> None:
+        if resolve_device(device) != "cpu":
+            raise ValueError("the openvino backend runs on CPU only")
+        if precision != "bf16":
+            raise ValueError(f"the openvino backend runs bf16 only (fp32 is ONNX Runtime's), not {precision!r}")
+        check_precision("cpu", precision)
+        ov = _openvino()
+        self.device, self.precision = "cpu", precision
+        self.threads = threads or _default_threads()
+        self._core = ov.Core()
+        with tempfile.TemporaryDirectory(prefix="osnet-openvino-") as folder:
+            path = os.path.join(folder, "osnet.onnx")
+            with open(path, "wb") as graph:
+                graph.write(_export_onnx(module))
+            self._model = self._core.read_model(path)
+        self._config = {
+            "INFERENCE_PRECISION_HINT": "bf16",
+            "PERFORMANCE_HINT": "THROUGHPUT",
+            "NUM_STREAMS": str(self.threads),
+            "INFERENCE_NUM_THREADS": str(self.threads),
+            # OpenVINO computes on its own stream threads, not the caller's: its own switch sets
+            # flush-to-zero / denormals-are-zero there.
+            "CPU_DENORMALS_OPTIMIZATION": "YES",
+        }
+        self._compiled: dict[tuple[int, int], Any] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._pool = _network_pool(self.threads, "osnet-openvino")
+        _check_export(self, module, min_cosine=_BF16_PROBE_MIN_COSINE, what="the OpenVINO bf16 model")
+
+    def _compiled_for(self, height: int, width: int) -> Any:
+        with self._lock:
+            compiled = self._compiled.get((height, width))
+            if compiled is None:
+                model = self._model.clone()
+                model.reshape([1, 3, height, width])
+                compiled = self._core.compile_model(model, "CPU", self._config)
+                self._compiled[(height, width)] = compiled
+        return compiled
+
+    def _run_one(self, crop: np.ndarray) -> np.ndarray:
+        key = crop.shape[2:]
+        requests = getattr(self._local, "requests", None)
+        if requests is None:
+            requests = self._local.requests = {}
+        request = requests.get(key)
+        if request is None:
+            request = requests[key] = self._compiled_for(*key).create_infer_request()
+        request.infer({0: crop})
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = _check_batch(batch)
+        return _map_crops(self._pool, self._run_one, np.split(batch, len(batch)) if len(batch) else [])
+
+    def map_crops(self, prepare: Callable[[Any], np.ndarray], crops: Sequence[Any]) -> np.ndarray:
+        """As :meth:`OnnxRuntimeBackend.map_crops`: each crop prepared and run on one pool thread."""
+        return _map_crops(self._pool, lambda crop: self._run_one(_check_batch(prepare(crop))), crops)
 
 
 def _resolve_backend_name(backend: str, device: str, precision: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    on_cuda = device.startswith("cuda")
     if backend != "auto":
         return backend
-    if device.startswith("cuda") or precision != "fp32":
-        return "torch"  # cuDNN eager is fast, and only torch runs fp16/bf16 here
+    if on_cuda:
+        return "torch"  # cuDNN eager is fast, and runs fp16/bf16
+    if precision == "bf16":
+        return "openvino"  # the only CPU runtime here that computes in bf16, and it is faster
     try:
         _onnxruntime()
     except RuntimeError:
@@ -356,31 +592,37 @@ def create_backend(
     """A runtime for ``module`` (an eval-mode OSNet).
 
     Args:
-        backend: "torch", "onnxruntime", or "auto": ONNX Runtime on CPU (~2.4x faster than eager
-            torch there), torch on CUDA.
+        backend: "torch", "onnxruntime", "openvino", or "auto": ONNX Runtime on CPU in fp32 (~2.4x
+            faster than eager torch there), OpenVINO on CPU in bf16, torch on CUDA.
         device: "auto" (CUDA when available), "cpu" or "cuda[:N]".
-        precision: "fp32", or "fp16"/"bf16" (CUDA and the torch backend only).
+        precision: "fp32"; "fp16" (CUDA); "bf16" (CUDA, or CPU cores with AVX512-BF16/AMX:
+            see :func:`check_precision`). Never lowered without being asked.
         threads: CPU threads for the runtime (default: the cores this process may use).
     Raises:
         RuntimeError: CUDA requested but unavailable; onnxruntime requested but not installed.
         ValueError: an unknown option, or reduced precision where it is not supported.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}, not {precision!r}")
     resolved_device = resolve_device(device)
-    if precision != "fp32" and not resolved_device.startswith("cuda"):
-        raise ValueError(f"precision={precision!r} needs CUDA; on CPU only fp32 is supported")
+    check_precision(resolved_device, precision)
     name = _resolve_backend_name(backend, resolved_device, precision)
+    on_cuda = resolved_device.startswith("cuda")
+    if name == "openvino":
+        return OpenVinoBackend(module, resolved_device, threads, precision)
     if name == "onnxruntime":
         if precision != "fp32":
-            raise ValueError(f"the onnxruntime backend runs fp32 only; use backend='torch' for {precision}")
+            raise ValueError(f"the onnxruntime backend runs fp32 only; use backend='auto' for {precision}")
         return OnnxRuntimeBackend(module, resolved_device, threads)
+    if precision != "fp32" and not on_cuda:
+        raise ValueError(
+            f"the torch backend runs {precision} on CUDA only (on CPU it is no faster than fp32); "
+            f"use backend='auto' (OpenVINO) for bf16 on CPU"
+        )
     return TorchBackend(module, resolved_device, precision, threads)
 
 
 def default_batch_size(backend_name: str, device: str) -> int:
     """The batch size that gave the best throughput for this backend on this kind of device."""
-    if backend_name not in ("torch", "onnxruntime"):
+    if backend_name not in _CPU_BATCH:
         raise ValueError(f"unknown backend {backend_name!r}")
     if device.startswith("cuda"):
         return _CUDA_BATCH

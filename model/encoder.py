@@ -19,7 +19,7 @@ import torch
 from model.backends import FeatureBackend, create_backend, cuda_batch_size, default_batch_size
 from model.checkpoint import CheckpointSource, load_osnet
 from model.osnet import FEATURE_DIM, OSNet
-from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_pixels, normalize_batch, resize_batch
+from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_pixels, normalize_batch, resize_batch, to_rgb
 
 __all__ = ["OsNetEncoder"]
 
@@ -51,7 +51,8 @@ class OsNetEncoder:
         arch: OSNet variant name, or None to infer it from the weights (the original tool always
             built ``osnet_ibn_x1_0``; inference gives the same for those weights).
         backend: "auto" (ONNX Runtime on CPU, torch on CUDA), "torch" or "onnxruntime".
-        precision: "fp32", or "fp16"/"bf16" on CUDA.
+        precision: "fp32"; "fp16" on CUDA; "bf16" on CUDA, or (opt-in, OpenVINO) on CPU cores
+            with AVX512-BF16/AMX: see :func:`model.backends.check_precision`.
         normalize: L2-normalise every feature (off by default, as in the original tool).
         channel_order: "rgb" or "bgr" for the crops' channels.
         threads: CPU threads for the backend (default: all cores available to the process).
@@ -133,10 +134,25 @@ class OsNetEncoder:
             ValueError: a crop that is not a uint8 (H, W[, C]) array (None included).
         """
         crops = list(crops)
+        if self.preprocesses_in_network_threads:
+            for crop in crops:  # every bad crop refused before any work, as resize_batch does
+                to_rgb(crop, self.channel_order)
+            return self._maybe_normalized(self.backend.map_crops(self._prepare_one, crops))
         out = np.empty((len(crops), FEATURE_DIM), dtype=np.float32)
         for start, prepared in self._prepared_chunks(crops):
             out[start : start + len(prepared)] = self._features(prepared)
         return self._maybe_normalized(out)
+
+    @property
+    def preprocesses_in_network_threads(self) -> bool:
+        """Whether :meth:`encode_batch` resizes and normalises each crop on the thread that then
+        runs it through the network (CPU backends with a thread pool: ONNX Runtime, OpenVINO), so
+        the preprocessing is spread over every core as the network is. Same values bit for bit
+        as :meth:`resize` then :meth:`encode_pixels`."""
+        return hasattr(self.backend, "map_crops") and not self.device.startswith("cuda")
+
+    def _prepare_one(self, crop: np.ndarray) -> np.ndarray:
+        return self._prepare([crop])
 
     def resize(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Crops -> resized uint8 pixels (N, H, W, 3), as :meth:`encode_pixels` takes them."""

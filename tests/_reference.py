@@ -17,6 +17,7 @@ CHECKPOINTS = {
     "osnet_x0_25_msmt17": "osnet_x0_25",
     "osnet_x0_25_market1501": "osnet_x0_25",
     "osnet_ibn_x1_0_random": "osnet_ibn_x1_0",
+    "osnet_x1_0_market1501_from_int8": "osnet_x1_0",
 }
 
 

@@ -35,9 +35,19 @@ def test_tiny_benchmark_runs_every_mode(tmp_path):
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
-    result = json.loads((out / "latest.json").read_text())["bench"]
+    everything = json.loads((out / "latest.json").read_text())
+    result = everything["bench"]
+    assert list(everything["models"]) == ["x0_25_msmt17"]  # --tiny: the bundled default weights
     assert result["original_loop"]["crops_per_s"]["median"] > 0
-    assert set(result["model_only"]) == {"torch", "onnxruntime"}
+    from model.backends import cpu_supports_bf16
+
+    expected = {"torch", "onnxruntime", "onnxruntime_noflush"} | ({"openvino_bf16"} if cpu_supports_bf16() else set())
+    assert set(result["model_only"]) == expected
+    checks = result["issue13"]
+    assert checks["ort_flush_vs_noflush_model_only"]["target"] == 3.5
+    assert checks["e2e_vs_original_loop"]["target"] == 10.0
+    if cpu_supports_bf16():
+        assert 0.99 < checks["bf16_cosine_vs_fp32"]["min"] < 1.0
     for backend in result["model_only"].values():
         assert set(backend["img_per_s"]) == {"1", "4"}
         assert all(s["median"] > 0 for s in backend["img_per_s"].values())

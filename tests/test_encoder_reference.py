@@ -193,10 +193,17 @@ def test_gpu_none_without_cuda_runs_on_cpu(shared_weights_dir, monkeypatch):
     assert encoder.device == "cpu" and encoder.backend.name == "onnxruntime"
 
 
-@pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_reduced_precision_on_cpu_is_refused(shared_weights_dir, precision):
+def test_fp16_on_cpu_is_refused(shared_weights_dir):
     with pytest.raises(ValueError, match="needs CUDA"):
-        OsNetEncoder(weight_filepath=shared_weights_dir / "osnet_x0_25_msmt17.pth", GPU=False, precision=precision)
+        OsNetEncoder(weight_filepath=shared_weights_dir / "osnet_x0_25_msmt17.pth", GPU=False, precision="fp16")
+
+
+def test_bf16_on_cpu_without_native_bf16_is_refused(shared_weights_dir, monkeypatch):
+    import model.backends
+
+    monkeypatch.setattr(model.backends, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(ValueError, match="AVX512-BF16 or AMX"):
+        OsNetEncoder(weight_filepath=shared_weights_dir / "osnet_x0_25_msmt17.pth", GPU=False, precision="bf16")
 
 
 def test_normalize_gives_unit_vectors_in_the_same_direction(references, features, shared_weights_dir):

@@ -131,10 +131,16 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, OsNetEncoder]):
         model: OsNetEncoder,
         inference_args: Optional[dict[str, Any]] = None,
     ) -> Iterable[PredictionResult]:
-        # Resized here, in the worker process that decoded the crops: with a model shared by the
-        # machine's processes, the model's process then only normalises and runs the network.
-        pixels = resize_batch(batch, channel_order=self._channel_order)
-        features = model.encode_pixels(pixels)
+        if not self._share_across_processes and model.preprocesses_in_network_threads:
+            # CPU: each crop is resized and normalised on the thread that then runs it, so the
+            # preprocessing is spread over the cores as the network is (bench/README.md).
+            features = model.encode_batch(batch)
+        else:
+            # Resized here, in the worker process that decoded the crops: with a model shared by
+            # the machine's processes, the model's process then only normalises and runs the
+            # network; on a GPU the device normalises.
+            pixels = resize_batch(batch, channel_order=self._channel_order)
+            features = model.encode_pixels(pixels)
         return [PredictionResult(crop, vector) for crop, vector in zip(batch, features)]
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
