@@ -22,7 +22,8 @@ setup(
         "apache-beam>=2.60",
         "onnx>=1.15",
         "onnxruntime>=1.17",
-        "onnxscript>=0.2",  # the torch.export-based ONNX exporter, the fallback of the default one
+        "onnxscript>=0.2",
+        "tqdm>=4.60",  # the live progress bar  # the torch.export-based ONNX exporter, the fallback of the default one
     ],
     extras_require={
         "dataflow": ["apache-beam[gcp]>=2.60"],
