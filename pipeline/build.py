@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import apache_beam as beam
 
@@ -11,6 +12,7 @@ from transforms.csv_records import CsvDialect
 from transforms.decode import DecodeCrops
 from transforms.errors import ERRORS_TAG
 from transforms.inference import EncodeCrops, OsNetModelHandler, local_weights
+from transforms.progress import CountProgress
 from transforms.read import InputError, InputLayout, ReadRows, inspect_input
 from transforms.write import WriteErrors, WriteFeatures
 
@@ -49,8 +51,14 @@ def plan_job(options: OsNetOptions) -> JobPlan:
     return JobPlan(layout, arch)
 
 
-def build_pipeline(p: beam.Pipeline, options: OsNetOptions, plan: JobPlan) -> dict:
-    """Add the job to ``p``; returns its ``features`` and ``errors`` PCollections and writes."""
+def build_pipeline(
+    p: beam.Pipeline, options: OsNetOptions, plan: JobPlan, progress_dir: Optional[str] = None
+) -> dict:
+    """Add the job to ``p``; returns its ``features`` and ``errors`` PCollections and writes.
+
+    With ``progress_dir`` (a folder on this machine, for runners whose workers share it), rows
+    about to be written are counted there for the progress bar.
+    """
     output_column = options.output_column or options.image_column
     read = p | "ReadRows" >> ReadRows(options.input, plan.layout, options.image_column)
     decoded = read["rows"] | "DecodeCrops" >> beam.ParDo(
@@ -73,7 +81,11 @@ def build_pipeline(p: beam.Pipeline, options: OsNetOptions, plan: JobPlan) -> di
         decoded[ERRORS_TAG],
         encoded[ERRORS_TAG],
     ) | "AllErrors" >> beam.Flatten()
-    features_written = encoded["features"] | "WriteFeatures" >> WriteFeatures(
+    features = encoded["features"]
+    if progress_dir:
+        features = features | "CountFeatures" >> beam.ParDo(CountProgress(progress_dir, "features"))
+        errors = errors | "CountErrors" >> beam.ParDo(CountProgress(progress_dir, "errors"))
+    features_written = features | "WriteFeatures" >> WriteFeatures(
         options.output,
         plan.layout.schema,
         options.image_column,

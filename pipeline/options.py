@@ -98,6 +98,20 @@ class OsNetOptions(PipelineOptions):
             help="Output shards per kind; 0 lets the runner decide.",
         )
         group.add_argument(
+            "--log_level", default="warning", choices=("debug", "info", "warning", "error"),
+            help="Level of Beam's and other libraries' log lines (ours are always shown); "
+            "info brings Beam's INFO lines back.",
+        )
+        group.add_argument(
+            "--progress", default="auto", choices=("auto", "bar", "lines", "off"),
+            help="auto: a live bar when stderr is a terminal, else a status line every "
+            "--progress_interval seconds; on remote runners status lines from the job's metrics.",
+        )
+        group.add_argument(
+            "--progress_interval", type=float, default=30.0,
+            help="Seconds between status lines when there is no bar.",
+        )
+        group.add_argument(
             "--share_model_across_processes", action="store_true",
             help="One model per machine shared by all SDK processes (saves GPU memory).",
         )

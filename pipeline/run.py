@@ -10,10 +10,13 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import SetupOptions
 
+from apache_beam.options.pipeline_options import PortableOptions, StandardOptions
+
 from model import CheckpointError
 from pipeline.build import build_pipeline, plan_job
+from pipeline.console import LocalProgress, Totals, configure_logging, watch_remote_job
 from pipeline.options import OsNetOptions
-from transforms.read import METRICS_NAMESPACE, InputError
+from transforms.read import METRICS_NAMESPACE, InputError, input_totals
 
 _LOG = logging.getLogger("osnet-beam")
 
@@ -47,18 +50,38 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, int]:
     plan = plan_job(options)
     _LOG.info("input: %d %s file(s), columns %s; model %s", len(plan.layout.files),
               plan.layout.format, plan.layout.columns, plan.arch)
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, options, plan)
-    result = pipeline.run()
-    result.wait_until_finish()
+    totals = Totals(*input_totals(plan.layout))
+    if workers_share_this_machine(options) and options.progress != "off":
+        with LocalProgress(totals, options.progress, options.progress_interval) as progress:
+            pipeline = beam.Pipeline(options=options)
+            build_pipeline(pipeline, options, plan, progress_dir=progress.directory)
+            result = pipeline.run()
+            result.wait_until_finish()
+    else:
+        pipeline = beam.Pipeline(options=options)
+        build_pipeline(pipeline, options, plan)
+        result = pipeline.run()
+        if options.progress == "off":
+            result.wait_until_finish()
+        else:
+            watch_remote_job(result, job_counters, totals, options.progress_interval)
     counters = job_counters(result)
     print(summary_line(counters, time.monotonic() - started, options.output), flush=True)
     return counters
 
 
+def workers_share_this_machine(options: OsNetOptions) -> bool:
+    """DirectRunner (in-process or multi-processing) or a portable runner with LOOPBACK workers."""
+    runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
+    if runner in ("directrunner", "direct", "bundlebasedirectrunner", "swallowingdirectrunner"):
+        return True
+    environment = (options.view_as(PortableOptions).environment_type or "").upper()
+    return environment == "LOOPBACK"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point: exit status 0 on success, 2 on a bad input or checkpoint."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(OsNetOptions(argv).log_level)
     try:
         run(argv)
     except (InputError, CheckpointError) as error:

@@ -267,3 +267,18 @@ class ReadRows(beam.PTransform):
         )
         return {"rows": parsed.rows, "errors": parsed[ERRORS_TAG]}
 
+
+
+def input_totals(layout: InputLayout) -> tuple[Optional[int], Optional[int]]:
+    """``(rows, bytes)`` of the input as far as planning knows them, for the progress bar.
+
+    Parquet footers give the rows; for CSV only the bytes are known before reading.
+    """
+    if layout.format == "parquet":
+        rows = 0
+        for path in layout.files:
+            with FileSystems.open(path) as stream:
+                rows += pq.read_metadata(pa.PythonFile(stream, mode="r")).num_rows
+        return rows, None
+    sizes = FileSystems.match(list(layout.files))
+    return None, sum(m.size_in_bytes for r in sizes for m in r.metadata_list)
