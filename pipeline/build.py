@@ -60,7 +60,7 @@ def build_pipeline(
     about to be written are counted there for the progress bar.
     """
     output_column = options.output_column or options.image_column
-    read = p | "ReadRows" >> ReadRows(options.input, plan.layout, options.image_column)
+    read = p | "ReadRows" >> ReadRows(options.input, plan.layout, options.image_column, progress_dir)
     decoded = read["rows"] | "DecodeCrops" >> beam.ParDo(
         DecodeCrops(options.image_column, max_pixels=options.max_pixels)
     ).with_outputs(ERRORS_TAG, main="crops")

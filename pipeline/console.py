@@ -100,8 +100,11 @@ class Snapshot:
     eta_s: Optional[float]
 
 
-def snapshot(counts: dict[str, int], totals: Totals, elapsed_s: float) -> Snapshot:
-    """Rows done, errors so far, fraction of the input, rows/s and the time left."""
+def snapshot(counts: dict[str, int], totals: Totals, elapsed_s: float, done_before: int = 0) -> Snapshot:
+    """Rows done, errors so far, fraction of the input, rows/s and the time left.
+
+    ``elapsed_s`` is the time since ``done_before`` rows were done (rates leave start-up out).
+    """
     errors = counts.get("errors", 0)
     done = counts.get("features", 0) + errors
     fraction = None
@@ -109,10 +112,10 @@ def snapshot(counts: dict[str, int], totals: Totals, elapsed_s: float) -> Snapsh
         fraction = min(done / totals.rows, 1.0)
     elif totals.bytes and "bytes" in counts:
         fraction = min(counts["bytes"] / totals.bytes, 1.0)
-    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    rate = (done - done_before) / elapsed_s if elapsed_s > 0 else 0.0
     eta = None
-    if fraction is not None and 0 < fraction < 1 and elapsed_s > 0:
-        eta = elapsed_s * (1 - fraction) / fraction
+    if fraction is not None and 0 < fraction < 1 and rate > 0:
+        eta = (1 - fraction) * done / fraction / rate
     return Snapshot(done, errors, fraction, rate, eta)
 
 
@@ -164,7 +167,7 @@ class LocalProgress:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._bar: Optional[tqdm] = None
-        self._first_row_at: Optional[float] = None
+        self._first_seen: Optional[tuple[float, int]] = None
 
     def __enter__(self) -> "LocalProgress":
         if self._mode == "bar":
@@ -179,11 +182,12 @@ class LocalProgress:
 
     def _show(self) -> None:
         counts = read_progress(self.directory)
-        if self._first_row_at is None and counts:
-            # Rates count from the first row written, not from start-up (imports, model load).
-            self._first_row_at = self._clock()
-        since = self._clock() - self._first_row_at if self._first_row_at is not None else 0.0
-        state = snapshot(counts, self._totals, since)
+        now = self._clock()
+        if self._first_seen is None and counts:
+            # Rates count from the first rows seen, not from start-up (imports, model load).
+            self._first_seen = (now, counts.get("features", 0) + counts.get("errors", 0))
+        since, before = (now - self._first_seen[0], self._first_seen[1]) if self._first_seen else (0.0, 0)
+        state = snapshot(counts, self._totals, since, before)
         if self._bar is not None:
             if state.fraction is not None:
                 self._bar.bar_format = _BAR_WITH_SHARE

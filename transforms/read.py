@@ -23,7 +23,8 @@ from apache_beam.metrics import Metrics
 
 from transforms import csv_records, parquet_source
 from transforms.csv_source import CsvFilePlan, RawRecord, ReadCsvRecords, binary_stream
-from transforms.csv_source import parse_raw_record, plan_csv_files
+from transforms.csv_source import is_compressed, parse_raw_record, plan_csv_files
+from transforms.progress import ProgressWriter
 from transforms.row_schema import ColumnValueError, conform_row, infer_csv_schema
 from transforms.errors import ERRORS_TAG, error_record
 from transforms.reasons import Reason
@@ -190,8 +191,13 @@ class ParseCsvRecords(beam.DoFn):
     that does not parse, or a value that does not fit its column, is an error row."""
 
     def __init__(
-        self, schema: pa.Schema, image_column: str, dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT
+        self,
+        schema: pa.Schema,
+        image_column: str,
+        dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT,
+        progress_dir: Optional[str] = None,
     ):
+        self._progress_dir = progress_dir
         self._schema = schema
         self._columns = list(schema.names)
         self._image_column = image_column
@@ -201,6 +207,7 @@ class ParseCsvRecords(beam.DoFn):
         self._rows = Metrics.counter(METRICS_NAMESPACE, "rows_read")
         self._parsed = 0
         self._dialects: dict[str, csv_records.CsvDialect] = {}  # the delimiter, per file
+        self._progress = ProgressWriter.for_directory(self._progress_dir) if self._progress_dir else None
 
     def teardown(self) -> None:
         # lets a user (and the tests) see how the records spread over the worker processes
@@ -215,6 +222,8 @@ class ParseCsvRecords(beam.DoFn):
         return beam.pvalue.TaggedOutput(ERRORS_TAG, record)
 
     def process(self, record: RawRecord) -> Iterator[Any]:
+        if self._progress is not None:
+            self._progress.add("bytes", len(record[2]) + 1)  # the record and its line end
         source = record[0]
         dialect = self._dialects.get(source)
         if dialect is None:
@@ -246,9 +255,12 @@ class ReadRows(beam.PTransform):
     error row, not a failed job.
     """
 
-    def __init__(self, pattern: str, layout: InputLayout, image_column: str):
+    def __init__(
+        self, pattern: str, layout: InputLayout, image_column: str, progress_dir: Optional[str] = None
+    ):
         super().__init__()
         self._pattern = pattern
+        self._progress_dir = progress_dir
         self._layout = layout
         self._image_column = image_column
 
@@ -263,22 +275,21 @@ class ReadRows(beam.PTransform):
             pbegin
             | "ReadCsv" >> ReadCsvRecords(plans, self._layout.dialect)
             | "ParseCsv"
-            >> beam.ParDo(ParseCsvRecords(self._layout.schema, self._image_column, self._layout.dialect)).with_outputs(ERRORS_TAG, main="rows")
+            >> beam.ParDo(
+                ParseCsvRecords(self._layout.schema, self._image_column, self._layout.dialect, self._progress_dir)
+            ).with_outputs(ERRORS_TAG, main="rows")
         )
         return {"rows": parsed.rows, "errors": parsed[ERRORS_TAG]}
-
 
 
 def input_totals(layout: InputLayout) -> tuple[Optional[int], Optional[int]]:
     """``(rows, bytes)`` of the input as far as planning knows them, for the progress bar.
 
-    Parquet footers give the rows; for CSV only the bytes are known before reading.
+    Parquet footers give the rows; for CSV the bytes of the records (the parse step counts the
+    bytes it has parsed), unless a file is compressed, whose size says nothing of its records.
     """
     if layout.format == "parquet":
-        rows = 0
-        for path in layout.files:
-            with FileSystems.open(path) as stream:
-                rows += pq.read_metadata(pa.PythonFile(stream, mode="r")).num_rows
-        return rows, None
-    sizes = FileSystems.match(list(layout.files))
-    return None, sum(m.size_in_bytes for r in sizes for m in r.metadata_list)
+        return sum(shard.num_rows for shard in layout.parquet_shards), None
+    if not layout.csv_plans or any(is_compressed(plan.path) for plan in layout.csv_plans):
+        return None, None
+    return None, sum(plan.size - plan.data_start for plan in layout.csv_plans)
