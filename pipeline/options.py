@@ -33,7 +33,9 @@ class OsNetOptions(PipelineOptions):
         )
         group.add_argument(
             "--output", default=None,
-            help="Output directory: features-SSSSS-of-NNNNN.* and errors-SSSSS-of-NNNNN.jsonl.",
+            help="Output directory (must be empty or absent, see --overwrite): this run's "
+            "features-RUN-SSSSS-of-NNNNN.* and errors-RUN-SSSSS-of-NNNNN.jsonl shards and "
+            "_SUCCESS.json, the manifest naming them (read them with pipeline.read_features).",
         )
         group.add_argument(
             "--output_format", default="parquet", choices=("parquet", "csv"),
@@ -85,6 +87,21 @@ class OsNetOptions(PipelineOptions):
         group.add_argument(
             "--num_shards", type=int, default=0,
             help="Output shards per kind; 0 lets the runner decide.",
+        )
+        group.add_argument(
+            "--overwrite", action="store_true",
+            help="Replace the previous run's files in --output; they stay readable until this "
+            "run's manifest is in place, and stay untouched if this run fails.",
+        )
+        group.add_argument(
+            "--max_error_fraction", type=float, default=1.0,
+            help="Exit with status 3 when more than this fraction of the rows are errors; at the "
+            "default 1.0, only when no row became features (every row failed).",
+        )
+        group.add_argument(
+            "--no_wait", action="store_true",
+            help="Submit the job and return at once, printing its id (Dataflow, Flink); the job "
+            "itself writes the manifest when it finishes.",
         )
         group.add_argument(
             "--share_model_across_processes", action="store_true",

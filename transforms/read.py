@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -27,6 +28,7 @@ from transforms.row_schema import ColumnValueError, conform_row, infer_csv_schem
 from transforms.errors import ERRORS_TAG, error_record
 from transforms.reasons import Reason
 
+_LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "osnet"
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -71,15 +73,26 @@ def detect_format(files: Sequence[str], requested: str = "auto") -> str:
     return kinds.pop()
 
 
+GLOB_CHARACTERS = "*?["
+
+
 def match_files(pattern: str) -> list[str]:
-    """Every file the glob matches, sorted, through Beam's filesystems (local, gs://, s3://...)."""
+    """Every file the glob matches, sorted, through Beam's filesystems (local, gs://, s3://...).
+
+    A name with glob characters (``a[1].csv``) that exists as a file is that one file.
+    """
+    magic = any(c in pattern for c in GLOB_CHARACTERS)
+    if magic and FileSystems.exists(pattern):
+        _LOG.info("input %s: a file of that name exists, read as that file (not as a glob)", pattern)
+        return [pattern]
     try:
         results = FileSystems.match([pattern])
     except Exception as error:  # Beam raises BeamIOError subclasses per filesystem
         raise InputError(f"cannot list {pattern}: {error}") from None
     files = sorted(m.path for r in results for m in r.metadata_list)
     if not files:
-        raise InputError(f"no files match {pattern}")
+        how = " (read as a glob: * ? [ ] are wildcards, and no file of that literal name exists)" if magic else ""
+        raise InputError(f"no files match {pattern}{how}")
     return files
 
 
