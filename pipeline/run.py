@@ -162,6 +162,17 @@ def _print_submitted(options: OsNetOptions, plan, result) -> None:
     print(line, flush=True)
 
 
+def _new_pipeline(options: OsNetOptions) -> beam.Pipeline:
+    """A Beam pipeline; the runner's own validation of its options (Dataflow's project id, temp
+    location, ...) is a refusal (exit 2), not a traceback."""
+    try:
+        return beam.Pipeline(options=options)
+    except ValueError as error:
+        if "validations errors" in str(error):
+            raise OptionError(" ".join(str(error).split())) from None
+        raise
+
+
 def execute(argv: Optional[Sequence[str]] = None) -> Outcome:
     """Plan, claim the output, run the job, and read back its manifest.
 
@@ -179,9 +190,9 @@ def execute(argv: Optional[Sequence[str]] = None) -> Outcome:
     plan = plan_job(options)
     _LOG.info("input: %d %s file(s), columns %s; model %s; run %s", len(plan.layout.files),
               plan.layout.format, plan.layout.columns, plan.arch, plan.run_id)
+    pipeline = _new_pipeline(options)
+    build_pipeline(pipeline, options, plan)
     if options.view_as(TestOptions).dry_run:  # as Beam reads it: any value is a dry run
-        pipeline = beam.Pipeline(options=options)
-        build_pipeline(pipeline, options, plan)
         result = pipeline.run() if "Dataflow" in _runner_name(options) else None  # builds, submits nothing
         print(_describe_dry_run(options, plan, result), flush=True)
         return Outcome({})
@@ -190,8 +201,6 @@ def execute(argv: Optional[Sequence[str]] = None) -> Outcome:
     result = None
     try:
         with _signals_stop_the_job():
-            pipeline = beam.Pipeline(options=options)
-            build_pipeline(pipeline, options, plan)
             result = pipeline.run()
             if ours.no_wait:
                 _print_submitted(options, plan, result)

@@ -70,7 +70,7 @@ def test_a_job_that_fails_part_way_leaves_no_final_shards_and_a_rerun_is_complet
     monkeypatch.setattr(write._ToOutputRow, "process", original)
     run(["--input", str(small_table), "--output", str(out)])
     first = sorted(read_parquet_features(out).column("file").to_pylist())
-    run(["--input", str(small_table), "--output", str(out)])  # a rerun over the same directory
+    run(["--input", str(small_table), "--output", str(out), "--overwrite"])  # a rerun over the same directory
     assert sorted(read_parquet_features(out).column("file").to_pylist()) == first
     assert len(first) == 30 and [e["reason"] for e in read_errors(out)] == ["empty_cell"]
 
