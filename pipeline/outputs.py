@@ -247,6 +247,8 @@ def acquire_lock(output_dir: str, run_id: str, take_over_stale: bool = False) ->
     if _create_exclusive(path, text):
         return Lock(path, run_id, holder)
     current = _read_lock(path)
+    # Taking over a stale lock is delete-then-create: two --overwrite runs doing it in the same
+    # instant could both get it (documented in README; a live lock is never taken over).
     if take_over_stale and lock_is_stale(current):
         _delete([path])
         if _create_exclusive(path, text):

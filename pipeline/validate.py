@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipeline.options import OsNetOptions
+from pipeline.outputs import is_local
 
 #: Runners that run the whole job inside the launching process (and so on this machine).
 IN_PROCESS_RUNNERS = frozenset({None, "", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"})
@@ -105,7 +106,8 @@ def runs_on_this_machine(options: PipelineOptions) -> bool:
 
 
 def runs_in_this_process(options: PipelineOptions) -> bool:
-    """True when the job lives and dies with this process (DirectRunner, or LOOPBACK workers)."""
+    """True when the job lives and dies with this process (DirectRunner, or LOOPBACK workers,
+    which are threads of this process): ``--no_wait`` makes no sense there."""
     return runs_on_this_machine(options)
 
 
@@ -153,11 +155,6 @@ def check_option_values(options: PipelineOptions) -> None:
         problems.append(problem)
     if problems:
         raise OptionError("; ".join(problems))
-
-
-def is_local(path: str) -> bool:
-    """A path of this machine's filesystem (no ``scheme://``)."""
-    return "://" not in path
 
 
 def expand_user_paths(options: PipelineOptions) -> None:
