@@ -109,8 +109,9 @@ def test_weights_from_another_filesystem_are_copied_once(tmp_path, small_table, 
 
 def test_a_runner_without_metrics_gets_a_summary_from_the_shards(tmp_path, small_table, monkeypatch, capsys):
     """Dataflow dry runs, templates and some portable runners give a result without metrics."""
+    import apache_beam as beam
+
     from pipeline import read_features
-    from pipeline import run as run_module
 
     class NoMetrics:
         def __init__(self, result):
@@ -122,8 +123,8 @@ def test_a_runner_without_metrics_gets_a_summary_from_the_shards(tmp_path, small
         def metrics(self):
             raise NotImplementedError
 
-    original = run_module.beam.Pipeline.run
-    monkeypatch.setattr(run_module.beam.Pipeline, "run", lambda self, *a, **k: NoMetrics(original(self, *a, **k)))
+    original = beam.Pipeline.run
+    monkeypatch.setattr(beam.Pipeline, "run", lambda self, *a, **k: NoMetrics(original(self, *a, **k)))
     out = tmp_path / "out"
     assert main(["--input", str(small_table), "--output", str(out)]) == 0
     summary = [line for line in capsys.readouterr().out.splitlines() if line.startswith("osnet-beam: rows_read=")]
