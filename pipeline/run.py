@@ -25,7 +25,7 @@ from model import CheckpointError
 from pipeline import outputs
 from pipeline.build import build_pipeline, plan_job
 from pipeline.options import OsNetOptions
-from pipeline.validate import OptionError, check_known_args, runs_in_this_process
+from pipeline.validate import OptionError, check_known_args, runs_in_this_process, wants_no_wait
 from transforms.read import METRICS_NAMESPACE, InputError
 
 _LOG = logging.getLogger("osnet-beam")
@@ -202,7 +202,7 @@ def execute(argv: Optional[Sequence[str]] = None) -> Outcome:
     try:
         with _signals_stop_the_job():
             result = pipeline.run()
-            if ours.no_wait:
+            if wants_no_wait(options):
                 _print_submitted(options, plan, result)
                 return Outcome({})
             result.wait_until_finish()

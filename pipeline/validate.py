@@ -111,6 +111,12 @@ def runs_in_this_process(options: PipelineOptions) -> bool:
     return runs_on_this_machine(options)
 
 
+def wants_no_wait(options: PipelineOptions) -> bool:
+    """``--no_wait``, or Beam's own ``--no_wait_until_finish``: submit and return."""
+    standard = options.view_as(StandardOptions)
+    return bool(options.view_as(OsNetOptions).no_wait or getattr(standard, "no_wait_until_finish", False))
+
+
 def device_precision_problem(device: str, precision: str, cuda_available: Optional[bool]) -> Optional[str]:
     """Why ``--device``/``--precision`` cannot run, or None; the one place this rule is written.
 
@@ -146,7 +152,7 @@ def check_option_values(options: PipelineOptions) -> None:
     fraction = ours.max_error_fraction
     if fraction is not None and not 0.0 <= fraction <= 1.0:
         problems.append(f"--max_error_fraction must be between 0 and 1, not {fraction}")
-    if ours.no_wait and runs_in_this_process(options):
+    if wants_no_wait(options) and runs_in_this_process(options):
         runner = _runner_name(options.view_as(StandardOptions).runner) or "DirectRunner"
         problems.append(f"--no_wait needs a runner that runs the job elsewhere (Dataflow, Flink); {runner} runs it in this process")
     cuda = _cuda_available() if runs_on_this_machine(options) else None
