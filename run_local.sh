@@ -34,9 +34,9 @@ demo=demo_out
 mkdir -p "$demo"
 "$VENV/bin/python" -m pipeline.demo "$demo/demo_table.csv"
 "$VENV/bin/python" -m pipeline --input "$demo/demo_table.csv" --output "$demo/features" \
-  --output_format parquet
+  --output_format parquet --overwrite
 echo
 echo "demo input:    $demo/demo_table.csv"
 echo "features:      $(ls "$demo"/features/features-*.parquet | tr '\n' ' ')"
 echo "errors:        $(ls "$demo"/features/errors-*.jsonl | tr '\n' ' ')"
-echo "read them:     $VENV/bin/python -c \"import glob, pyarrow.parquet as pq; print(pq.read_table(glob.glob('$demo/features/features-*.parquet')).to_pandas().head())\""
+echo "read them:     $VENV/bin/python -c \"from pipeline import read_features; print(read_features('$demo/features').to_pandas().head())\""

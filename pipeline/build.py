@@ -1,79 +1,208 @@
-"""The job's graph: read -> decode -> encode -> write, with every bad row routed to errors."""
+"""The job's graph: read -> decode -> encode -> write -> manifest, with every bad row routed to errors."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+import hashlib
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import apache_beam as beam
+from apache_beam.io.filesystem import FileSystem
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import TestOptions
 
 from model import CheckpointError, infer_architecture, load_osnet, read_state_dict
+from pipeline import outputs
 from pipeline.options import OsNetOptions
+from pipeline.validate import OptionError, check_option_values, expand_user_paths
 from transforms.csv_records import CsvDialect
 from transforms.decode import DecodeCrops
 from transforms.errors import ERRORS_TAG
 from transforms.inference import EncodeCrops, OsNetModelHandler, local_weights
 from transforms.progress import CountProgress
-from transforms.read import InputError, InputLayout, ReadRows, inspect_input
-from transforms.write import WriteErrors, WriteFeatures
+from transforms.read import GLOB_CHARACTERS, InputError, InputLayout, ReadRows, inspect_input
+from transforms.write import WriteErrors, WriteFeatures, features_schema
 
 
 @dataclass(frozen=True)
 class JobPlan:
-    """What was checked before the job starts: the input's layout and the model's architecture."""
+    """What was checked before the job starts: the input's layout, the model, this run's identity."""
 
     layout: InputLayout
     arch: str
+    run_id: str = field(default_factory=outputs.new_run_id)
+    started: str = field(default_factory=outputs.utc_now)
+    #: the glob the readers get: the input, or a literal file name with its wildcards escaped
+    read_pattern: Optional[str] = None
+    input_files: tuple = ()
+    weights_sha256: str = ""
+    #: names in --output the run replaces (--overwrite), decided at planning
+    replaces: tuple = ()
+
+
+def _escape_glob(path: str) -> str:
+    """A literal path as a Beam glob (Beam's patterns have no escape, but ``[*]`` matches ``*``)."""
+    return "".join(f"[{c}]" if c in GLOB_CHARACTERS else c for c in path)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _input_files(files: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
+    sizes = {}
+    try:
+        for result in FileSystems.match(list(files)):
+            for metadata in result.metadata_list:
+                sizes[metadata.path] = metadata.size_in_bytes
+    except Exception:  # noqa: BLE001 (sizes are for the manifest only)
+        pass
+    return tuple({"path": f, "size": sizes.get(f)} for f in files)
+
+
+def check_output_not_in_input(input_pattern: str, output_dir: str) -> None:
+    """Refuse an output whose files the input glob would match: the next run would read them."""
+    absolute = outputs.is_local(input_pattern) and outputs.is_local(output_dir)
+    pattern = os.path.abspath(input_pattern) if absolute else input_pattern
+    base = os.path.abspath(output_dir) if absolute else output_dir.rstrip("/")
+    regex = re.compile(FileSystem.translate_pattern(pattern))
+    for name in ("features-RUN-00000-of-00001.parquet", "features-RUN-00000-of-00001.csv",
+                 "errors-RUN-00000-of-00001.jsonl"):
+        if regex.match(f"{base}/{name}"):
+            raise OptionError(
+                f"--output {output_dir} is inside what --input {input_pattern} matches: a later run "
+                f"would read this run's {name.split('-')[0]} files as input; choose an --output "
+                "outside the input"
+            )
 
 
 def plan_job(options: OsNetOptions) -> JobPlan:
-    """Check input files and weights before anything runs, so mistakes cost seconds.
+    """Check options, input files, weights and the output before anything runs (exit 2 at the CLI).
 
-    Raises ``transforms.read.InputError`` or ``model.CheckpointError`` with a message that names
-    the file at fault.
+    Raises ``OptionError``, ``transforms.read.InputError``, ``model.CheckpointError`` or
+    ``pipeline.outputs.OutputError`` with a message that names the flag or file at fault. Writes
+    nothing: the output is claimed later, by :func:`pipeline.run.run`.
     """
+    ours = options.view_as(OsNetOptions)
     for flag in ("input", "output"):
-        if not getattr(options, flag):
+        if not getattr(ours, flag):
             raise InputError(f"--{flag} is required (python -m pipeline --help lists the options)")
+    expand_user_paths(options)
+    check_option_values(options)
+    check_output_not_in_input(ours.input, ours.output)
+    outputs.check_output_path(ours.output)
     try:
-        dialect = CsvDialect.from_options(options.csv_delimiter, options.encoding, options.max_pixels)
+        dialect = CsvDialect.from_options(ours.csv_delimiter, ours.encoding, ours.max_pixels)
     except ValueError as error:
         raise InputError(str(error)) from None
-    layout = inspect_input(options.input, options.image_column, options.input_format, dialect)
-    output_column = options.output_column or options.image_column
-    if output_column != options.image_column and output_column in layout.columns:
+    layout = inspect_input(ours.input, ours.image_column, ours.input_format, dialect)
+    literal = len(layout.files) == 1 and layout.files[0] == ours.input and any(c in ours.input for c in GLOB_CHARACTERS)
+    output_column = ours.output_column or ours.image_column
+    if output_column != ours.image_column and output_column in layout.columns:
         raise InputError(f"--output_column {output_column!r} is already an input column")
     try:
-        weights = local_weights(options.weights)
+        weights = local_weights(ours.weights)
     except Exception as error:  # OSError locally, BeamIOError and friends elsewhere
-        raise CheckpointError(f"cannot read weights {options.weights}: {error}") from None
-    load_osnet(weights, options.arch)  # every key and shape checked against the architecture
-    arch = options.arch or infer_architecture(read_state_dict(weights))
-    return JobPlan(layout, arch)
+        raise CheckpointError(f"cannot read weights {ours.weights}: {error}") from None
+    load_osnet(weights, ours.arch)  # every key and shape checked against the architecture
+    arch = ours.arch or infer_architecture(read_state_dict(weights))
+    dry_run = bool(options.view_as(TestOptions).dry_run)  # as Beam reads it: any value
+    replaces: tuple = ()
+    if not dry_run:  # a dry run touches no output (and works offline for gs:// outputs)
+        replaces = tuple(outputs.check_output_dir(ours.output, ours.overwrite))
+    return JobPlan(
+        layout,
+        arch,
+        read_pattern=_escape_glob(ours.input) if literal else ours.input,
+        input_files=_input_files(layout.files),
+        weights_sha256=_sha256(weights),
+        replaces=replaces,
+    )
+
+
+def _run_info(options: OsNetOptions, plan: JobPlan, output_column: str) -> dict[str, Any]:
+    """What the manifest says about the run, decided at planning and sent with the job."""
+    ours = options.view_as(OsNetOptions)
+    schema = features_schema(plan.layout.schema, ours.image_column, output_column)
+    ours_names = _our_option_names()
+    everything = options.get_all_options(drop_default=False, retain_unknown_options=True)
+    set_by_user = options.get_all_options(drop_default=True, retain_unknown_options=True)
+    return {
+        "run_id": plan.run_id,
+        "started": plan.started,
+        "output": ours.output,
+        "output_format": ours.output_format,
+        "output_column": output_column,
+        "schema": outputs.encode_schema(schema),
+        "max_error_fraction": ours.max_error_fraction,
+        "input": {
+            "pattern": ours.input,
+            "format": plan.layout.format,
+            "files": [dict(f) for f in plan.input_files] or [{"path": f} for f in plan.layout.files],
+            "columns": plan.layout.columns,
+        },
+        "model": {
+            "weights": ours.weights,
+            "weights_sha256": plan.weights_sha256,
+            "arch": plan.arch,
+            "device": ours.device,
+            "backend": ours.backend,
+            "precision": ours.precision,
+            "batch_size": ours.batch_size,
+            "threads": ours.threads,
+            "channel_order": ours.channel_order,
+            "share_model_across_processes": ours.share_model_across_processes,
+        },
+        "options": {k: everything.get(k) for k in ours_names if _jsonable(everything.get(k))},
+        "runner_options": {k: v for k, v in sorted(set_by_user.items()) if k not in ours_names and _jsonable(v)},
+        "launcher": {"argv": list(sys.argv[1:]), "versions": outputs.versions(), "planned_at": time.time()},
+    }
+
+
+def _our_option_names() -> list[str]:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    OsNetOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+    return sorted(a.dest for a in parser._actions if a.dest != "help")
+
+
+def _jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool, list, dict))
 
 
 def build_pipeline(
     p: beam.Pipeline, options: OsNetOptions, plan: JobPlan, progress_dir: Optional[str] = None
 ) -> dict:
-    """Add the job to ``p``; returns its ``features`` and ``errors`` PCollections and writes.
+    """Add the job to ``p``; returns its ``features`` and ``errors`` PCollections, writes, manifest.
 
     With ``progress_dir`` (a folder on this machine, for runners whose workers share it), rows
     about to be written are counted there for the progress bar.
     """
-    output_column = options.output_column or options.image_column
-    read = p | "ReadRows" >> ReadRows(options.input, plan.layout, options.image_column, progress_dir)
+    ours = options.view_as(OsNetOptions)
+    output_column = ours.output_column or ours.image_column
+    pattern = plan.read_pattern or ours.input
+    read = p | "ReadRows" >> ReadRows(pattern, plan.layout, ours.image_column, progress_dir)
     decoded = read["rows"] | "DecodeCrops" >> beam.ParDo(
-        DecodeCrops(options.image_column, max_pixels=options.max_pixels)
+        DecodeCrops(ours.image_column, max_pixels=ours.max_pixels)
     ).with_outputs(ERRORS_TAG, main="crops")
     handler = OsNetModelHandler(
-        options.weights,
+        ours.weights,
         arch=plan.arch,
-        device=options.device,
-        backend=options.backend,
-        precision=options.precision,
-        batch_size=options.batch_size,
-        channel_order=options.channel_order,
-        threads=options.threads,
-        share_across_processes=options.share_model_across_processes,
+        device=ours.device,
+        backend=ours.backend,
+        precision=ours.precision,
+        batch_size=ours.batch_size,
+        channel_order=ours.channel_order,
+        threads=ours.threads,
+        share_across_processes=ours.share_model_across_processes,
     )
     encoded = decoded.crops | "EncodeCrops" >> EncodeCrops(handler)
     errors = (
@@ -86,17 +215,25 @@ def build_pipeline(
         features = features | "CountFeatures" >> beam.ParDo(CountProgress(progress_dir, "features"))
         errors = errors | "CountErrors" >> beam.ParDo(CountProgress(progress_dir, "errors"))
     features_written = features | "WriteFeatures" >> WriteFeatures(
-        options.output,
+        ours.output,
         plan.layout.schema,
-        options.image_column,
+        ours.image_column,
         output_column,
-        options.output_format,
-        options.num_shards,
+        ours.output_format,
+        ours.num_shards,
+        run_id=plan.run_id,
     )
-    errors_written = errors | "WriteErrors" >> WriteErrors(options.output, options.num_shards)
+    errors_written = errors | "WriteErrors" >> WriteErrors(ours.output, ours.num_shards, run_id=plan.run_id)
+    manifest = (
+        (features_written, errors_written)
+        | "AllShards" >> beam.Flatten()
+        | "ShardList" >> beam.combiners.ToList()
+        | "WriteManifest" >> beam.Map(outputs.finalize_run, _run_info(options, plan, output_column))
+    )
     return {
         "features": encoded["features"],
         "errors": errors,
         "features_written": features_written,
         "errors_written": errors_written,
+        "manifest": manifest,
     }

@@ -203,12 +203,15 @@ class LocalProgress:
             self._show()
 
     def close(self) -> None:
+        """Stops the display and removes the folder; safe to call more than once."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            self._thread = None
         if self._bar is not None:
             self._show()  # the last frame shows every row written
             self._bar.close()
+            self._bar = None
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def __exit__(self, *exc_info) -> None:

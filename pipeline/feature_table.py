@@ -15,9 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import outputs
 from transforms import csv_records
 from transforms.feature_codec import decode_features_hex
-from transforms.read import InputError, detect_format, match_files, open_text
+from transforms.read import InputError, detect_format, match_files, open_lines
 
 Key = tuple
 
@@ -28,8 +29,9 @@ class ToolError(ValueError):
 
 def _csv_batches(path: str, batch_rows: int = 4096) -> Iterator[pa.Table]:
     """A CSV file read as the job reads CSV (a field's type follows its quoting), in batches."""
-    with open_text(path) as stream:
-        header = csv_records.read_header(stream)
+    with FileSystems.open(path) as stream:
+        lines = open_lines(stream)
+        header = csv_records.read_header(lines)
         columns: list[list[Any]] = [[] for _ in header]
         yielded = False
 
@@ -39,7 +41,7 @@ def _csv_batches(path: str, batch_rows: int = 4096) -> Iterator[pa.Table]:
             except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
                 raise ToolError(f"{path}: a column mixes types: {error}") from None
 
-        for record in csv_records.iter_records(stream, len(header)):
+        for record in csv_records.iter_records(lines, len(header)):
             if not isinstance(record, csv_records.Record):
                 raise ToolError(f"{path}: line {record.line_number + 1}: {record.detail}")
             for column, value in zip(columns, record.values):
@@ -76,9 +78,12 @@ def _decode_csv_features(table: pa.Table, column: str) -> pa.Table:
 def read_run(output_dir: str, feature_column: str = "feature_vector") -> pa.Table:
     """Every features row of a run's output directory (Parquet or CSV shards), one table.
 
-    The one place that knows the output layout: at merge this becomes a call to
-    ``pipeline.outputs.read_features``. CSV features come back as list<float32> like Parquet's.
+    A directory with a manifest gives exactly its run's rows (``pipeline.outputs.read_features``);
+    one without (feature shards written some other way) gives every ``features-*-of-*`` shard.
+    CSV features come back as list<float32> like Parquet's.
     """
+    if outputs.read_manifest(output_dir) is not None:
+        return outputs.read_features(output_dir)
     pattern = posixpath.join(output_dir.rstrip("/"), "features-*-of-*.*")
     try:
         files = match_files(pattern)

@@ -44,7 +44,9 @@ class OsNetOptions(PipelineOptions):
         )
         group.add_argument(
             "--output", default=None,
-            help="Output directory: features-SSSSS-of-NNNNN.* and errors-SSSSS-of-NNNNN.jsonl.",
+            help="Output directory (must be empty or absent, see --overwrite): this run's "
+            "features-RUN-SSSSS-of-NNNNN.* and errors-RUN-SSSSS-of-NNNNN.jsonl shards and "
+            "_SUCCESS.json, the manifest naming them (read them with pipeline.read_features).",
         )
         group.add_argument(
             "--output_format", default="parquet", choices=("parquet", "csv"),
@@ -78,7 +80,8 @@ class OsNetOptions(PipelineOptions):
         )
         group.add_argument(
             "--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
-            help="Compute precision; fp16/bf16 only on CUDA.",
+            help="Compute precision: fp32; fp16 on CUDA; bf16 on CUDA or, opt-in, on CPU cores with "
+            "AVX512-BF16/AMX (OpenVINO; check it with python -m pipeline.compare).",
         )
         group.add_argument(
             "--threads", type=int, default=None,
@@ -110,6 +113,21 @@ class OsNetOptions(PipelineOptions):
         group.add_argument(
             "--progress_interval", type=float, default=30.0,
             help="Seconds between status lines when there is no bar.",
+        )
+        group.add_argument(
+            "--overwrite", action="store_true",
+            help="Replace the previous run's files in --output; they stay readable until this "
+            "run's manifest is in place, and stay untouched if this run fails.",
+        )
+        group.add_argument(
+            "--max_error_fraction", type=float, default=1.0,
+            help="Exit with status 3 when more than this fraction of the rows are errors; at the "
+            "default 1.0, only when no row became features (every row failed).",
+        )
+        group.add_argument(
+            "--no_wait", action="store_true",
+            help="Submit the job and return at once, printing its id (Dataflow, Flink); the job "
+            "itself writes the manifest when it finishes.",
         )
         group.add_argument(
             "--share_model_across_processes", action="store_true",

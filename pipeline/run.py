@@ -1,29 +1,93 @@
-"""Running the job: options in, a finished job and a one-line summary out."""
+"""Running the job: options in, a finished job, its manifest and a one-line summary out.
+
+Exit status of ``python -m pipeline``: 0 done; 1 the job failed (traceback); 2 refused before
+the job started (a bad flag, value, input, checkpoint or output; nothing written); 3 the job ran
+but its errors are over ``--max_error_fraction`` (by default: every row failed); 130 / 143
+stopped by SIGINT / SIGTERM (this run's temporary files and lock removed, the previous output
+untouched).
+"""
 from __future__ import annotations
 
+import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import time
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import SetupOptions
-
-from apache_beam.options.pipeline_options import PortableOptions, StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions, StandardOptions, TestOptions
 
 from model import CheckpointError
+from pipeline import outputs
 from pipeline.build import build_pipeline, plan_job
-from pipeline.console import LocalProgress, Totals, configure_logging, watch_remote_job
+from pipeline.console import LOG_LEVELS, LocalProgress, Totals, configure_logging, watch_remote_job
 from pipeline.options import OsNetOptions
+from pipeline.validate import OptionError, check_known_args, runs_in_this_process, runs_on_this_machine, wants_no_wait
 from transforms.read import METRICS_NAMESPACE, InputError, input_totals
 
 _LOG = logging.getLogger("osnet-beam")
+EXIT_FAILED, EXIT_REFUSED, EXIT_TOO_MANY_ERRORS = 1, 2, 3
+#: Errors that refuse the job before it starts: exit status 2 and one line.
+REFUSALS = (InputError, CheckpointError, OptionError, outputs.OutputError)
 
 
-def job_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
-    """The job's counters (committed where the runner has them, else attempted), by name."""
-    query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+def _log_level(argv: Optional[Sequence[str]]) -> str:
+    """``--log_level`` as given (before the options are checked: refusals are logged too)."""
+    known, _ = _LOG_LEVEL_PARSER.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    return known.log_level
+
+
+_LOG_LEVEL_PARSER = argparse.ArgumentParser(add_help=False)
+_LOG_LEVEL_PARSER.add_argument("--log_level", default="warning", choices=LOG_LEVELS)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived while the job ran."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_STOPPED: list[int] = []
+
+
+@contextlib.contextmanager
+def _signals_stop_the_job() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Stopped` in the launcher (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        _STOPPED.append(signum)
+        for each in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(each, signal.SIG_IGN)  # cleaning up must not be interrupted again
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+
+
+def job_counters(result: beam.runners.runner.PipelineResult) -> Optional[dict[str, int]]:
+    """The job's counters (committed where the runner has them, else attempted), by name; None
+    when the runner reports no metrics."""
+    try:
+        metrics = result.metrics()
+        if metrics is None:
+            return None
+        query = metrics.query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except (NotImplementedError, AttributeError):
+        return None
     counters: dict[str, int] = {}
     for counter in query["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
@@ -31,7 +95,17 @@ def job_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
     return counters
 
 
-def summary_line(counters: dict[str, int], seconds: float, output: str) -> str:
+def manifest_counters(manifest: dict) -> dict[str, int]:
+    """The counters as the manifest counted them from the shards (every row is in one shard)."""
+    counts = manifest["counts"]
+    by_reason = counts.get("errors_by_reason", {})
+    counters = {"rows_read": counts["rows_read"], "rows_encoded": counts["rows_encoded"]}
+    counters["rows_decoded"] = counts["rows_encoded"] + by_reason.get("inference_failed", 0)
+    counters.update({f"errors_{reason}": n for reason, n in by_reason.items()})
+    return counters
+
+
+def summary_line(counters: dict[str, int], seconds: float, output: str, note: str = "") -> str:
     """``rows_read=.. encoded=.. errors=.. (reason=n, ...)``: the accounting a user checks."""
     errors = {k[len("errors_"):]: v for k, v in sorted(counters.items()) if k.startswith("errors_")}
     by_reason = ", ".join(f"{k}={v}" for k, v in errors.items()) or "none"
@@ -39,52 +113,189 @@ def summary_line(counters: dict[str, int], seconds: float, output: str) -> str:
         f"osnet-beam: rows_read={counters.get('rows_read', 0)} "
         f"decoded={counters.get('rows_decoded', 0)} encoded={counters.get('rows_encoded', 0)} "
         f"errors={sum(errors.values())} ({by_reason}) in {seconds:.1f}s -> {output}"
+        + (f" [{note}]" if note else "")
     )
 
 
-def run(argv: Optional[Sequence[str]] = None) -> dict[str, int]:
-    """Run the job to completion; returns its counters. Raises InputError / CheckpointError."""
-    options = OsNetOptions(argv)
+@dataclass
+class Outcome:
+    """What a run ended with: its counters, its manifest, and why it counts as failed (or None)."""
+
+    counters: dict[str, int]
+    manifest: Optional[dict] = None
+    failure: Optional[str] = None
+
+
+def _runner_name(options: OsNetOptions) -> str:
+    runner = options.view_as(StandardOptions).runner
+    return (runner if isinstance(runner, str) else type(runner).__name__) if runner else "DirectRunner"
+
+
+def _describe_dry_run(options: OsNetOptions, plan, result) -> str:
+    ours = options.view_as(OsNetOptions)
+    cloud = options.view_as(GoogleCloudOptions)
+    runner = _runner_name(options)
+    where = ""
+    if "Dataflow" in runner:
+        name = getattr(getattr(getattr(result, "job", None), "proto", None), "name", None) or cloud.job_name
+        where = f" job {name} (project {cloud.project}, region {cloud.region})"
+    size = sum(f.get("size") or 0 for f in plan.input_files)
+    return (
+        f"osnet-beam: dry run: {runner} would run{where}: {len(plan.layout.files)} {plan.layout.format} "
+        f"input file(s) ({size} bytes), model {plan.arch} from {ours.weights}, device {ours.device}, "
+        f"precision {ours.precision}, output {ours.output} (run {plan.run_id}; not checked or locked "
+        f"in a dry run); nothing was submitted"
+    )
+
+
+def _print_submitted(options: OsNetOptions, plan, result) -> None:
+    ours = options.view_as(OsNetOptions)
+    job_id = None
+    for attribute in ("job_id", "_job_id"):
+        value = getattr(result, attribute, None)
+        try:
+            job_id = value() if callable(value) else value
+        except Exception:  # noqa: BLE001
+            job_id = None
+        if job_id:
+            break
+    line = f"osnet-beam: submitted to {_runner_name(options)}: job {job_id or '(the runner gave no id)'}"
+    if "Dataflow" in _runner_name(options) and job_id:
+        cloud = options.view_as(GoogleCloudOptions)
+        line += (f"; console https://console.cloud.google.com/dataflow/jobs/{cloud.region}/{job_id}"
+                 f"?project={cloud.project}")
+    line += (f"; it writes {outputs.MANIFEST_NAME} in {ours.output} (run {plan.run_id}) when it "
+             "finishes; not waiting")
+    print(line, flush=True)
+
+
+def _new_pipeline(options: OsNetOptions) -> beam.Pipeline:
+    """A Beam pipeline; the runner's own validation of its options (Dataflow's project id, temp
+    location, ...) is a refusal (exit 2), not a traceback."""
+    try:
+        return beam.Pipeline(options=options)
+    except ValueError as error:
+        if "validations errors" in str(error):
+            raise OptionError(" ".join(str(error).split())) from None
+        raise
+
+
+def execute(argv: Optional[Sequence[str]] = None) -> Outcome:
+    """Plan, claim the output, run the job, and read back its manifest.
+
+    Raises one of ``REFUSALS`` before anything is written; on a failure or a signal after that,
+    removes this run's temporary files and lock, then re-raises.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    passed_on = check_known_args(args)
+    if passed_on:
+        _LOG.warning("options the Python SDK does not know, left to the runner's job service: %s", passed_on)
+    options = OsNetOptions(args)
     options.view_as(SetupOptions).save_main_session = False
+    ours = options.view_as(OsNetOptions)
     started = time.monotonic()
     plan = plan_job(options)
-    _LOG.info("input: %d %s file(s), columns %s; model %s", len(plan.layout.files),
-              plan.layout.format, plan.layout.columns, plan.arch)
+    _LOG.info("input: %d %s file(s), columns %s; model %s; run %s", len(plan.layout.files),
+              plan.layout.format, plan.layout.columns, plan.arch, plan.run_id)
     totals = Totals(*input_totals(plan.layout))
-    if workers_share_this_machine(options) and options.progress != "off":
-        with LocalProgress(totals, options.progress, options.progress_interval) as progress:
-            pipeline = beam.Pipeline(options=options)
-            build_pipeline(pipeline, options, plan, progress_dir=progress.directory)
+    progress = None
+    if runs_on_this_machine(options) and ours.progress != "off" and not options.view_as(TestOptions).dry_run:
+        progress = LocalProgress(totals, ours.progress, ours.progress_interval)
+    pipeline = _new_pipeline(options)
+    build_pipeline(pipeline, options, plan, progress_dir=progress.directory if progress else None)
+    if options.view_as(TestOptions).dry_run:  # as Beam reads it: any value is a dry run
+        result = pipeline.run() if "Dataflow" in _runner_name(options) else None  # builds, submits nothing
+        print(_describe_dry_run(options, plan, result), flush=True)
+        return Outcome({})
+    try:
+        created = outputs.prepare_output_dir(ours.output)
+        outputs.acquire_lock(ours.output, plan.run_id, take_over_stale=ours.overwrite)
+    except BaseException:
+        if progress is not None:
+            progress.close()
+        raise
+    result = None
+    try:
+        with _signals_stop_the_job(), progress or contextlib.nullcontext():
             result = pipeline.run()
-            result.wait_until_finish()
-    else:
-        pipeline = beam.Pipeline(options=options)
-        build_pipeline(pipeline, options, plan)
-        result = pipeline.run()
-        if options.progress == "off":
-            result.wait_until_finish()
-        else:
-            watch_remote_job(result, job_counters, totals, options.progress_interval)
+            if wants_no_wait(options):
+                _print_submitted(options, plan, result)
+                return Outcome({})
+            if progress is None and ours.progress != "off":
+                watch_remote_job(result, job_counters, totals, ours.progress_interval)
+            else:
+                result.wait_until_finish()
+            state = str(getattr(result, "state", ""))
+            if any(s in state for s in ("FAILED", "CANCELLED", "STOPPED")):
+                raise RuntimeError(f"the job ended in state {state}")
+    except BaseException as error:
+        _after_failure(options, plan, result, created, error)
+        raise
+    manifest = outputs.read_manifest(ours.output)
+    if manifest is None or manifest.get("run_id") != plan.run_id:
+        raise RuntimeError(f"the job finished but wrote no manifest of run {plan.run_id} in {ours.output}")
     counters = job_counters(result)
-    print(summary_line(counters, time.monotonic() - started, options.output), flush=True)
-    return counters
+    note = ""
+    if not counters:
+        counters = manifest_counters(manifest)
+        note = f"{_runner_name(options)} reports no metrics: counts from the output shards"
+    elif (counters.get("rows_encoded", 0), counters.get("rows_read", 0)) != (
+            manifest["counts"]["rows_encoded"], manifest["counts"]["rows_read"]):
+        _LOG.warning("the runner's counters %s differ from the rows in the output shards %s (a retried "
+                     "bundle counted twice?); the manifest has the shards' counts", counters, manifest["counts"])
+    failure = manifest.get("error_limit_exceeded")
+    if failure:
+        note = "; ".join(filter(None, [note, f"FAILED: {failure}"]))
+    print(summary_line(counters, time.monotonic() - started, ours.output, note), flush=True)
+    return Outcome(counters, manifest, failure)
 
 
-def workers_share_this_machine(options: OsNetOptions) -> bool:
-    """DirectRunner (in-process or multi-processing) or a portable runner with LOOPBACK workers."""
-    runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
-    if runner in ("directrunner", "direct", "bundlebasedirectrunner", "swallowingdirectrunner"):
-        return True
-    environment = (options.view_as(PortableOptions).environment_type or "").upper()
-    return environment == "LOOPBACK"
+def _after_failure(options, plan, result, created_dir: bool, error: BaseException) -> None:
+    """Remove what this run left (never the previous run's files); cancel a remote job first."""
+    ours = options.view_as(OsNetOptions)
+    for each in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(each, signal.SIG_IGN)
+    try:
+        if result is not None and not runs_in_this_process(options):
+            try:
+                result.cancel()
+            except Exception as cancel_error:  # noqa: BLE001
+                _LOG.error("could not cancel the job (%s): it may still be running and will write "
+                           "%s itself; its files were left alone", cancel_error, ours.output)
+                return
+        removed = outputs.cleanup_failed_run(ours.output, plan.run_id, remove_dir=created_dir)
+        if removed:
+            _LOG.info("removed this run's unfinished files: %s", removed)
+    finally:
+        for each in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):
+                signal.signal(each, signal.default_int_handler if each == signal.SIGINT else signal.SIG_DFL)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> dict[str, int]:
+    """Run the job to completion; returns its counters. Raises one of ``REFUSALS`` before it starts."""
+    return execute(argv).counters
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point: exit status 0 on success, 2 on a bad input or checkpoint."""
-    configure_logging(OsNetOptions(argv).log_level)
+    """Command-line entry point; the exit statuses are in this module's docstring."""
+    configure_logging(_log_level(argv))
+    _STOPPED.clear()
     try:
-        run(argv)
-    except (InputError, CheckpointError) as error:
+        outcome = execute(argv)
+    except REFUSALS as error:
         print(f"osnet-beam: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
+    except BaseException as error:
+        if _STOPPED or isinstance(error, KeyboardInterrupt):
+            signum = _STOPPED[0] if _STOPPED else signal.SIGINT
+            print(f"osnet-beam: stopped by {signal.Signals(signum).name}: this run's temporary files "
+                  "and lock were removed; the output's previous run (if any) is untouched", file=sys.stderr)
+            return 128 + int(signum)
+        raise
+    if outcome.failure:
+        print(f"osnet-beam: error: {outcome.failure}; the rows and their reasons are in the errors "
+              "shards (see the manifest)", file=sys.stderr)
+        return EXIT_TOO_MANY_ERRORS
     return 0

@@ -70,7 +70,7 @@ def test_a_job_that_fails_part_way_leaves_no_final_shards_and_a_rerun_is_complet
     monkeypatch.setattr(write._ToOutputRow, "process", original)
     run(["--input", str(small_table), "--output", str(out)])
     first = sorted(read_parquet_features(out).column("file").to_pylist())
-    run(["--input", str(small_table), "--output", str(out)])  # a rerun over the same directory
+    run(["--input", str(small_table), "--output", str(out), "--overwrite"])  # a rerun over the same directory
     assert sorted(read_parquet_features(out).column("file").to_pylist()) == first
     assert len(first) == 30 and [e["reason"] for e in read_errors(out)] == ["empty_cell"]
 
@@ -105,3 +105,29 @@ def test_weights_from_another_filesystem_are_copied_once(tmp_path, small_table, 
     run(["--input", str(small_table), "--output", str(tmp_path / "out"), "--weights", path])
     assert _MemoryFileSystem.opened == [path]  # launcher and worker share the machine's cache
     assert read_parquet_features(tmp_path / "out").num_rows == 30
+
+
+def test_a_runner_without_metrics_gets_a_summary_from_the_shards(tmp_path, small_table, monkeypatch, capsys):
+    """Dataflow dry runs, templates and some portable runners give a result without metrics."""
+    import apache_beam as beam
+
+    from pipeline import read_features
+
+    class NoMetrics:
+        def __init__(self, result):
+            self._result = result
+
+        def wait_until_finish(self):
+            return self._result.wait_until_finish()
+
+        def metrics(self):
+            raise NotImplementedError
+
+    original = beam.Pipeline.run
+    monkeypatch.setattr(beam.Pipeline, "run", lambda self, *a, **k: NoMetrics(original(self, *a, **k)))
+    out = tmp_path / "out"
+    assert main(["--input", str(small_table), "--output", str(out)]) == 0
+    summary = [line for line in capsys.readouterr().out.splitlines() if line.startswith("osnet-beam: rows_read=")]
+    assert summary and "rows_read=31 decoded=30 encoded=30 errors=1 (empty_cell=1)" in summary[0]
+    assert "reports no metrics: counts from the output shards" in summary[0]
+    assert read_features(str(out)).num_rows == 30

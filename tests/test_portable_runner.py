@@ -228,3 +228,24 @@ def test_portable_runner_with_external_worker_pool_matches_direct_runner(
     # the work really ran in an SDK harness that the pool started, not in this process
     pool_log = portable_services["services"][1].log_path.read_text(errors="replace")
     assert "Starting worker with command" in pool_log
+
+
+def test_no_wait_returns_at_once_and_the_job_writes_its_manifest(small_table, portable_services, tmp_path):
+    """``--no_wait`` through the CLI: the launcher prints the job id and exits; the job goes on in
+    the job service and, as its last step, writes the manifest and removes the lock."""
+    from pipeline import read_errors as manifest_errors
+    from pipeline import read_features
+    from tests.cli_helpers import cli, wait_for
+
+    out = tmp_path / "out"
+    done = cli(
+        "--input", str(small_table), "--output", str(out), "--runner=PortableRunner",
+        f"--job_endpoint={portable_services['job_endpoint']}", "--environment_type=EXTERNAL",
+        f"--environment_config={portable_services['worker_pool']}", "--no_wait",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = [l for l in done.stdout.splitlines() if l.startswith("osnet-beam: submitted to PortableRunner: job ")]
+    assert line and "not waiting" in line[0], done.stdout
+    wait_for(lambda: (out / "_SUCCESS.json").exists(), timeout=JOB_TIMEOUT_S, what="the job's manifest")
+    assert read_features(str(out)).num_rows == 40 and len(manifest_errors(str(out))) == 3
+    wait_for(lambda: not (out / "_LOCK.json").exists(), timeout=30, what="the lock to go")

@@ -83,15 +83,26 @@ def detect_format(files: Sequence[str], requested: str = "auto") -> str:
     return kinds.pop()
 
 
+GLOB_CHARACTERS = "*?["
+
+
 def match_files(pattern: str) -> list[str]:
-    """Every file the glob matches, sorted, through Beam's filesystems (local, gs://, s3://...)."""
+    """Every file the glob matches, sorted, through Beam's filesystems (local, gs://, s3://...).
+
+    A name with glob characters (``a[1].csv``) that exists as a file is that one file.
+    """
+    magic = any(c in pattern for c in GLOB_CHARACTERS)
+    if magic and FileSystems.exists(pattern):
+        _LOG.info("input %s: a file of that name exists, read as that file (not as a glob)", pattern)
+        return [pattern]
     try:
         results = FileSystems.match([pattern])
     except Exception as error:  # Beam raises BeamIOError subclasses per filesystem
         raise InputError(f"cannot list {pattern}: {error}") from None
     files = sorted(m.path for r in results for m in r.metadata_list)
     if not files:
-        raise InputError(f"no files match {pattern}")
+        how = " (read as a glob: * ? [ ] are wildcards, and no file of that literal name exists)" if magic else ""
+        raise InputError(f"no files match {pattern}{how}")
     return files
 
 

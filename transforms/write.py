@@ -2,7 +2,9 @@
 
 Beam's sinks write each shard to a temporary file and move it into place only when the whole
 write succeeds, so a job that fails part-way leaves no partial ``features-*`` or ``errors-*``
-shard behind, and a rerun writes the same rows.
+shard behind. Shard names carry the run id (``features-RUN-SSSSS-of-NNNNN``) so that two runs'
+files never collide; which run an output directory holds is said by its manifest
+(:mod:`pipeline.outputs`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,11 @@ FEATURES_PREFIX = "features"
 ERRORS_PREFIX = "errors"
 #: Seconds between progress lines from each worker thread.
 PROGRESS_EVERY_S = 30.0
+
+
+def shard_prefix(output_dir: str, kind: str, run_id: str = "") -> str:
+    """``DIR/features-RUN``: the prefix Beam's sink gets (it adds ``-SSSSS-of-NNNNN.suffix``)."""
+    return FileSystems.join(output_dir, f"{kind}-{run_id}" if run_id else kind)
 
 
 def output_columns(columns: Sequence[str], image_column: str, output_column: str) -> list[str]:
@@ -83,7 +90,7 @@ class _ToOutputRow(beam.DoFn):
 
 
 class WriteFeatures(beam.PTransform):
-    """``(row, features)`` pairs to ``DIR/features-SSSSS-of-NNNNN.{parquet,csv}``."""
+    """``(row, features)`` pairs to ``DIR/features-RUN-SSSSS-of-NNNNN.{parquet,csv}``."""
 
     def __init__(
         self,
@@ -93,11 +100,12 @@ class WriteFeatures(beam.PTransform):
         output_column: str,
         output_format: str = "parquet",
         num_shards: int = 0,
+        run_id: str = "",
     ):
         super().__init__()
         if output_format not in ("parquet", "csv"):
             raise ValueError(f"unknown output format {output_format!r}: use parquet or csv")
-        self._prefix = FileSystems.join(output_dir, FEATURES_PREFIX)
+        self._prefix = shard_prefix(output_dir, FEATURES_PREFIX, run_id)
         self._schema = input_schema
         self._image_column = image_column
         self._output_column = output_column
@@ -121,11 +129,11 @@ class WriteFeatures(beam.PTransform):
 
 
 class WriteErrors(beam.PTransform):
-    """Error records to ``DIR/errors-SSSSS-of-NNNNN.jsonl``, one JSON object per line."""
+    """Error records to ``DIR/errors-RUN-SSSSS-of-NNNNN.jsonl``, one JSON object per line."""
 
-    def __init__(self, output_dir: str, num_shards: int = 0):
+    def __init__(self, output_dir: str, num_shards: int = 0, run_id: str = ""):
         super().__init__()
-        self._prefix = FileSystems.join(output_dir, ERRORS_PREFIX)
+        self._prefix = shard_prefix(output_dir, ERRORS_PREFIX, run_id)
         self._num_shards = num_shards
 
     def expand(self, errors: beam.PCollection) -> beam.PCollection:
