@@ -45,6 +45,7 @@ __all__ = [
     "cuda_batch_size",
     "default_batch_size",
     "planned_batch_size",
+    "planned_runtime",
     "resolve_device",
 ]
 
@@ -641,8 +642,8 @@ def cuda_batch_size(device: str = "cuda") -> int:
     return size
 
 
-def planned_batch_size(backend: str = "auto", device: str = "auto", precision: str = "fp32") -> int:
-    """:func:`default_batch_size` for options as given, decided where the job is built.
+def planned_runtime(backend: str = "auto", device: str = "auto", precision: str = "fp32") -> tuple[str, str, int]:
+    """``(backend, device, batch size)`` for options as given, decided where the job is built.
 
     For sizing batches before any model exists (Beam's ``BatchElements`` is configured when the
     graph is built, possibly on a launcher without the workers' GPU): ``device="cuda"`` is taken
@@ -652,4 +653,10 @@ def planned_batch_size(backend: str = "auto", device: str = "auto", precision: s
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, not {precision!r}")
-    return default_batch_size(_resolve_backend_name(backend, device, precision), device)
+    name = _resolve_backend_name(backend, device, precision)
+    return name, device, default_batch_size(name, device)
+
+
+def planned_batch_size(backend: str = "auto", device: str = "auto", precision: str = "fp32") -> int:
+    """The batch size of :func:`planned_runtime`."""
+    return planned_runtime(backend, device, precision)[2]

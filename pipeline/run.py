@@ -23,6 +23,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions, StandardOptions, TestOptions
 
 from model import CheckpointError
+from model.backends import planned_runtime
 from pipeline import outputs
 from pipeline.build import build_pipeline, plan_job
 from pipeline.console import LOG_LEVELS, LocalProgress, Totals, configure_logging, watch_remote_job
@@ -126,6 +127,25 @@ class Outcome:
     failure: Optional[str] = None
 
 
+def _log_plan(options: OsNetOptions, plan) -> None:
+    """What was found and planned, in three lines: input, model, output."""
+    ours = options.view_as(OsNetOptions)
+    rows, _ = input_totals(plan.layout)
+    size = sum(f.get("size") or 0 for f in plan.input_files)
+    count = len(plan.layout.files)
+    _LOG.info(
+        "input: %d %s file%s, %.1f MB%s; columns %s", count, plan.layout.format, "" if count == 1 else "s",
+        size / 1e6, f", {rows:,} rows" if rows is not None else "", ", ".join(plan.layout.columns),
+    )
+    if ours.device == "auto" and not runs_on_this_machine(options):  # the workers' GPUs decide
+        runtime = f"backend {ours.backend} on the workers' device (auto), {ours.precision}"
+    else:
+        backend, device, batch = planned_runtime(ours.backend, ours.device, ours.precision)
+        runtime = f"{backend} on {device}, {ours.precision}, batch {ours.batch_size or batch}"
+    _LOG.info("model: %s from %s; %s", plan.arch, ours.weights, runtime)
+    _LOG.info("output: %s (%s), run %s", ours.output, ours.output_format, plan.run_id)
+
+
 def _runner_name(options: OsNetOptions) -> str:
     runner = options.view_as(StandardOptions).runner
     return (runner if isinstance(runner, str) else type(runner).__name__) if runner else "DirectRunner"
@@ -195,8 +215,7 @@ def execute(argv: Optional[Sequence[str]] = None) -> Outcome:
     ours = options.view_as(OsNetOptions)
     started = time.monotonic()
     plan = plan_job(options)
-    _LOG.info("input: %d %s file(s), columns %s; model %s; run %s", len(plan.layout.files),
-              plan.layout.format, plan.layout.columns, plan.arch, plan.run_id)
+    _log_plan(options, plan)
     totals = Totals(*input_totals(plan.layout))
     progress = None
     if runs_on_this_machine(options) and ours.progress != "off" and not options.view_as(TestOptions).dry_run:
