@@ -104,7 +104,7 @@ def run_pipeline(input_path: Path, config: str, weights: str, workdir: Path, lab
 
     output = workdir / f"out-{label}"
     cmd = [sys.executable, "-m", "pipeline", "--input", str(input_path), "--output", str(output),
-           "--weights", weights, *CONFIGS[config]]
+           "--weights", weights, "--log_level", "info", *CONFIGS[config]]  # per-process lines are INFO
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     err_path = workdir / f"{label}.stderr"
     started = time.perf_counter()

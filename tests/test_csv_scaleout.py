@@ -47,7 +47,8 @@ def big_csv(seed_table, tmp_path_factory) -> dict[str, Path]:
 def _run_cli(input_path: Path, output: Path, extra: list[str]) -> tuple[dict[int, int], tuple[int, ...], str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--input", str(input_path), "--output", str(output), "--threads=1", *extra],
+        [sys.executable, "-m", "pipeline", "--input", str(input_path), "--output", str(output), "--threads=1",
+         "--log_level", "info", *extra],  # each process's "csv records parsed" line is at INFO
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]

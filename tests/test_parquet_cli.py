@@ -68,9 +68,9 @@ def test_one_row_group_spreads_over_two_processes_with_one_process_features(
     assert pq.ParquetFile(tmp_path / "big.parquet").metadata.num_row_groups == 1
 
     done = cli("--input", str(tmp_path / "big.parquet"), "--output", str(tmp_path / "out"),
-               "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+               "--direct_num_workers=2", "--direct_running_mode=multi_processing", "--log_level", "info")
     assert done.returncode == 0, done.stderr[-3000:]
-    # each process logs the rows it read; decode and encode run fused after the read, in the
+    # each process logs the rows it read (at INFO: --log_level info shows it); decode and encode run fused after the read, in the
     # same process (nothing is shuffled in between), so these are the rows each process encoded
     per_process = Counter()
     for pid, count, _path in READ_LINE.findall(done.stderr):
