@@ -22,9 +22,10 @@ from typing import Callable, Optional, TextIO
 
 from tqdm import tqdm
 
+from transforms import USER_LOG
 from transforms.progress import read_progress
 
-LOGGER_NAME = "osnet-beam"
+LOGGER_NAME = USER_LOG.name
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PROGRESS_MODES = ("auto", "bar", "lines", "off")
 #: Seconds between two status lines when stderr is not a terminal.

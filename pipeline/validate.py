@@ -83,7 +83,9 @@ def check_known_args(argv: Sequence[str]) -> list[str]:
         previous_unknown_flag = "=" not in arg
         name = arg.split("=", 1)[0]
         close_ours = difflib.get_close_matches(name, ours, n=1)
-        if runner in JOB_SERVICE_RUNNERS and not close_ours:
+        # a job service's own flag may look a little like one of ours: only a near-certain typo
+        # of ours is refused there (--weight, --num_shard, --bacth_size all score above 0.85)
+        if runner in JOB_SERVICE_RUNNERS and not difflib.get_close_matches(name, ours, n=1, cutoff=0.85):
             let_through.append(arg)
             continue
         close = close_ours or difflib.get_close_matches(name, every_flag, n=1)

@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from model.backends import cpu_supports_bf16
+
 from pipeline import read_features
 from pipeline.run import main
 from tests.cli_helpers import cli, cli_env, manifest
@@ -47,15 +49,19 @@ BAD_VALUES = [
     (["--max_pixels=-5"], "--max_pixels must be at least 1, not -5"),
     (["--num_shards=-1"], "--num_shards must be 0"),
     (["--max_error_fraction", "1.5"], "--max_error_fraction must be between 0 and 1"),
-    (["--precision", "fp16"], "--precision fp16 needs CUDA"),
-    (["--precision", "bf16", "--device", "cpu"], "--precision bf16 needs CUDA"),
+    (["--precision", "fp16", "--device", "cpu"], "--precision fp16: precision='fp16' needs CUDA"),
     (["--no_wait"], "--no_wait needs a runner that runs the job elsewhere"),
     (["--weight", "osnet_ibn_x1_0_random.pth"], "unknown option --weight; did you mean --weights?"),
     (["--num_shard", "2"], "unknown option --num_shard; did you mean --num_shards?"),
     (["--bogus_option", "3"], "unknown option --bogus_option"),
     (["--bacth_size=4"], "did you mean --batch_size?"),
     (["--runner=FlinkRunner", "--weight=x.pth"], "did you mean --weights?"),
-] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "--device cuda, but CUDA is not available")])
+] + ([] if torch.cuda.is_available() else [
+    (["--device", "cuda"], "--device cuda, but CUDA is not available"),
+    (["--precision", "fp16"], "--precision fp16: precision='fp16' needs CUDA"),  # auto is CPU here
+]) + ([] if cpu_supports_bf16() else [
+    (["--precision", "bf16", "--device", "cpu"], "on CPU needs cores with native bf16"),
+])
 
 
 def _path_refusals(tmp: Path) -> list[tuple[list[str], str, Path]]:
@@ -90,10 +96,10 @@ def test_bad_flags_values_and_paths_are_refused_at_the_cli(table, tmp_path):
     """Through the CLI: every bad value at once (each named), mistyped flags, each path refusal."""
     default = ["--input", str(table), "--output", str(tmp_path / "out")]
     values = ["--batch_size", "0", "--threads=-2", "--max_pixels", "-5", "--num_shards=-1",
-              "--max_error_fraction", "1.5", "--precision", "bf16", "--device", "cpu", "--no_wait"]
+              "--max_error_fraction", "1.5", "--precision", "fp16", "--device", "cpu", "--no_wait"]
     value_messages = ["--batch_size must be at least 1, not 0", "--threads must be at least 1, not -2",
                       "--max_pixels must be at least 1, not -5", "--num_shards must be 0",
-                      "--max_error_fraction must be between 0 and 1", "--precision bf16 needs CUDA",
+                      "--max_error_fraction must be between 0 and 1", "--precision fp16: precision='fp16' needs CUDA",
                       "--no_wait needs a runner"]
     path_cases = _path_refusals(tmp_path)
     calls = [

@@ -42,7 +42,7 @@ from apache_beam.io.filebasedsource import FileBasedSource
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import csv_records
+from transforms import USER_LOG, csv_records
 
 _LOG = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def plan_csv_files(files: Sequence[str]) -> tuple[CsvFilePlan, ...]:
         plans = tuple(pool.map(lambda path: scan_csv_file(path, sizes[path]), files))
     for plan in plans:
         if not plan.splittable:
-            _LOG.info(
+            USER_LOG.info(
                 "%s: read whole by one worker, its records then spread over the workers: %s",
                 plan.path, plan.whole_reason,
             )

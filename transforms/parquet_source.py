@@ -38,6 +38,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.transforms.core import RestrictionProvider
 
+from transforms import USER_LOG
+
 _LOG = logging.getLogger(__name__)
 
 #: Target uncompressed bytes of one record batch read from a file (its rows, Arrow-decoded).
@@ -257,7 +259,7 @@ def inspect_parquet(files: Sequence[str], image_column: str, root: str) -> Parqu
             )
     schema, notes = unify(files, schemas) if len(files) > 1 else (schemas[0], [])
     for note in notes:
-        _LOG.warning("osnet-beam: input schemas unified: %s", note)
+        USER_LOG.warning("input schemas unified: %s", note)
     partition_fields, partition_values = _partitions(files, root)
     for field in partition_fields:
         if field.name in schema.names:
@@ -266,7 +268,7 @@ def inspect_parquet(files: Sequence[str], image_column: str, root: str) -> Parqu
             )
         schema = schema.append(field)
     if partition_fields:
-        _LOG.info("osnet-beam: Hive partition columns %s", [f"{f.name}: {f.type}" for f in partition_fields])
+        USER_LOG.info("Hive partition columns %s", [f"{f.name}: {f.type}" for f in partition_fields])
     shards = []
     for path, footer, values in zip(files, footers, partition_values):
         groups = [footer.row_group(i) for i in range(footer.num_row_groups)]

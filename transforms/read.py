@@ -21,7 +21,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms import csv_records, parquet_source
+from transforms import USER_LOG, csv_records, parquet_source
 from transforms.csv_source import CsvFilePlan, RawRecord, ReadCsvRecords, binary_stream
 from transforms.csv_source import is_compressed, parse_raw_record, plan_csv_files
 from transforms.progress import ProgressWriter
@@ -93,7 +93,7 @@ def match_files(pattern: str) -> list[str]:
     """
     magic = any(c in pattern for c in GLOB_CHARACTERS)
     if magic and FileSystems.exists(pattern):
-        _LOG.info("input %s: a file of that name exists, read as that file (not as a glob)", pattern)
+        USER_LOG.info("input %s: a file of that name exists, read as that file (not as a glob)", pattern)
         return [pattern]
     try:
         results = FileSystems.match([pattern])
