@@ -27,6 +27,7 @@ def bench():
     return module
 
 
+@pytest.mark.slow  # minutes: run with -m slow (README, "Tests")
 def test_tiny_benchmark_runs_every_mode(tmp_path):
     out = tmp_path / "results"
     completed = subprocess.run(

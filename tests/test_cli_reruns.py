@@ -29,6 +29,9 @@ def tables(seed_table, tmp_path_factory) -> dict[str, Path]:
     write_csv(folder / "small.csv", rows + [[9000, -1, "99", "bad/empty.png", ""]])
     # a longer job, so that a signal surely lands while it runs
     write_csv(folder / "long.csv", [[r[c] for c in COLUMNS] for r in seed[:60]])
+    # long enough (with the x1.0 network, one thread, one crop a call) to outlast another run's planning
+    write_csv(folder / "longer.csv", [[k * 1000 + r["frame"], r["track_id"], r["camera"], f"{r['file']}#{k}",
+                                       r["feature_vector"]] for k in range(2) for r in seed])
     write_csv(folder / "all_bad.csv", [[i, -1, "99", f"bad/{i}.png", "not a crop"] for i in range(6)])
     write_csv(folder / "mixed.csv", rows[:9] + [[9001, -1, "99", "bad/x.png", "{'width': 1}"]])
     return {p.stem: p for p in folder.iterdir()}
@@ -106,19 +109,23 @@ def test_rerun_refused_then_replaced_with_overwrite_and_a_killed_rerun_keeps_the
     assert len(table.column("feature_vector")[0].as_py()) == 512
 
 
-def test_two_runs_at_once_the_second_is_refused_and_the_first_is_whole(tmp_path, tables, seed_table):
+def test_two_runs_at_once_the_second_is_refused_and_the_first_is_whole(tmp_path, tables, seed_table, shared_weights_dir):
     out = tmp_path / "out"
-    first = start_cli("--input", str(tables["long"]), "--output", str(out), log=tmp_path / "first.log")
+    # one crop per model call on one thread: the first run is still writing when the second plans
+    weights = str(shared_weights_dir / "osnet_x1_0_market1501_from_int8.pth")
+    first = start_cli("--input", str(tables["longer"]), "--output", str(out), "--batch_size", "1", "--threads", "1",
+                      "--weights", weights, log=tmp_path / "first.log")
     try:
         wait_for(lambda: (out / "_LOCK.json").exists(), first, what="the first run's lock")
         second = cli("--input", str(tables["small"]), "--output", str(out), "--overwrite")
+        assert first.poll() is None, "the first run ended before the second planned: the test proves nothing"
         assert second.returncode == 2
         assert "another run is writing here" in second.stderr and "_LOCK.json" in second.stderr, second.stderr
         assert first.wait(240) == 0, (tmp_path / "first.log").read_text()[-3000:]
     finally:
         if first.poll() is None:
             first.kill()
-    expected = {r["file"] for r in read_seed_rows(seed_table)[:60]}
+    expected = [f"{r['file']}#{k}" for k in range(2) for r in read_seed_rows(seed_table)]
     table = read_features(str(out))
     assert sorted(table.column("file").to_pylist()) == sorted(expected)
     assert "_LOCK.json" not in names(out)

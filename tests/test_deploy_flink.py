@@ -104,8 +104,8 @@ def test_job_environment_is_the_external_worker_pool(seed_table, tmp_path):
     """The pipeline proto FlinkRunner would submit: every transform in the EXTERNAL environment."""
     write_csv(tmp_path / "t.csv", [[r[c] for c in COLUMNS] for r in read_seed_rows(seed_table)[:2]])
     args = flink_options.flink_args("flink-jobmanager:8081", parallelism=2)
-    options = OsNetOptions([*args, "--input", str(tmp_path / "t.csv"), "--output", "gs://b/out",
-                            "--weights", BUNDLED_WEIGHTS])
+    options = OsNetOptions([*args, "--input", str(tmp_path / "t.csv"), "--output", str(tmp_path / "out"),
+                            "--weights", BUNDLED_WEIGHTS])  # a local output: planning checks it
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, options, plan_job(options))
     environment = FlinkRunner().default_environment(options)

@@ -20,6 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "bench" / "gpu_benchmark.py"
 
 
+@pytest.mark.slow  # minutes: run with -m slow (README, "Tests")
 def test_tiny_gpu_benchmark_runs_every_section_on_cpu(shared_dir, tmp_path):
     out = tmp_path / "results"
     completed = subprocess.run(
