@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, TextIO
 
+from apache_beam.runners.runner import PipelineState
 from tqdm import tqdm
 
 from transforms import USER_LOG
@@ -230,9 +231,7 @@ def watch_remote_job(
     started = time.monotonic()
     while True:
         state = result.wait_until_finish(duration=int(interval_s * 1000))
-        if state is not None and str(state).upper().split(".")[-1] in (
-            "DONE", "FAILED", "CANCELLED", "DRAINED", "UPDATED",
-        ):
+        if state is not None and PipelineState.is_terminal(str(state).split(".")[-1].replace("JOB_STATE_", "")):
             return
         try:
             job = counters(result)

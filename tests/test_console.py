@@ -161,3 +161,28 @@ def test_progress_off_prints_no_status(demo_csv, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "rows/s" not in done.stderr
     assert SUMMARY.search(done.stdout)
+
+
+class _RemoteJob:
+    """A stand-in for a Dataflow result: running for a few waits, then done."""
+
+    def __init__(self, states):
+        self._states = list(states)
+        self.waited_ms = []
+
+    def wait_until_finish(self, duration=None):
+        self.waited_ms.append(duration)
+        return self._states.pop(0)
+
+
+def test_a_remote_job_gets_status_lines_from_its_metrics_while_the_launcher_waits(caplog):
+    from pipeline.console import watch_remote_job
+
+    job = _RemoteJob(["RUNNING", "RUNNING", "JOB_STATE_DONE"])
+    counters = iter([{"rows_encoded": 100, "errors_bad_zlib": 2}, {"rows_encoded": 300, "errors_bad_zlib": 5}])
+    with caplog.at_level("INFO", logger="osnet-beam"):
+        watch_remote_job(job, lambda _result: next(counters), Totals(rows=1000), interval_s=0.25)
+    assert job.waited_ms == [250, 250, 250]
+    lines = [r.getMessage() for r in caplog.records if r.name == "osnet-beam"]
+    assert [line.split(" rows")[0] for line in lines] == ["102/1,000", "305/1,000"], lines
+    assert all("errors" in line for line in lines)
