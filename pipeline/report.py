@@ -107,6 +107,11 @@ def similarity_histogram_png(edges: np.ndarray, same: np.ndarray, different: np.
     axes.set_ylabel("share of pairs")
     axes.legend(frameon=False, fontsize=9)
     axes.spines[["top", "right"]].set_visible(False)
+    return _png_bytes(figure, plt)
+
+
+def _png_bytes(figure, plt) -> bytes:
+    """A finished matplotlib figure as PNG bytes; the figure is closed."""
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
@@ -128,11 +133,7 @@ def cosine_histogram_png(cosines: np.ndarray) -> bytes:
     axes.set_xlabel(f"1 - cosine (row by row; lowest cosine {low:.6f})")
     axes.set_ylabel("rows")
     axes.spines[["top", "right"]].set_visible(False)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    return _png_bytes(figure, plt)
 
 
 def _figures_table(figures: dict[str, Any]) -> str:
