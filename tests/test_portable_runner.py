@@ -249,3 +249,57 @@ def test_no_wait_returns_at_once_and_the_job_writes_its_manifest(small_table, po
     wait_for(lambda: (out / "_SUCCESS.json").exists(), timeout=JOB_TIMEOUT_S, what="the job's manifest")
     assert read_features(str(out)).num_rows == 40 and len(manifest_errors(str(out))) == 3
     wait_for(lambda: not (out / "_LOCK.json").exists(), timeout=30, what="the lock to go")
+
+
+def _portable_args(portable_services) -> list[str]:
+    return [
+        "--runner=PortableRunner",
+        f"--job_endpoint={portable_services['job_endpoint']}",
+        "--environment_type=EXTERNAL",
+        f"--environment_config={portable_services['worker_pool']}",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["gzip_csv", "single_row_group_parquet"])
+def test_portable_runner_reads_gzip_csv_and_one_row_group_parquet_as_the_direct_runner(
+    kind, small_table, seed_table, portable_services, tmp_path
+):
+    """The other input paths (a compressed CSV read whole and redistributed; Parquet split by row
+    range) through the job service and an external worker pool: the DirectRunner's rows."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    direct = run(["--input", str(small_table), "--output", str(tmp_path / "direct")])
+    if kind == "gzip_csv":
+        source = tmp_path / "table.csv.gz"
+        source.write_bytes(gzip.compress(small_table.read_bytes()))
+    else:  # the same rows as Parquet in ONE row group (the CSV's broken record has no Parquet form)
+        rows = [r for r in read_parquet_features(tmp_path / "direct").to_pylist()]
+        table = pa.Table.from_pylist(
+            [{c: r[c] for c in COLUMNS[:-1]} for r in rows], schema=pa.schema(
+                [("frame", pa.int64()), ("track_id", pa.int64()), ("camera", pa.string()), ("file", pa.string())]))
+        by_file = {r["file"]: r for r in read_seed_rows(seed_table)}
+        table = table.append_column("feature_vector", pa.array([by_file[f]["feature_vector"] for f in table["file"].to_pylist()]))
+        source = tmp_path / "table.parquet"
+        pq.write_table(table, source, row_group_size=table.num_rows)
+    portable = run_with_timeout(
+        ["--input", str(source), "--output", str(tmp_path / "portable"), *_portable_args(portable_services)],
+        JOB_TIMEOUT_S, portable_services["services"],
+    )
+    _, got = rows_by_file(tmp_path / "portable")
+    _, want = rows_by_file(tmp_path / "direct")
+    assert set(got) == set(want)
+    for name, row in got.items():
+        assert [row[c] for c in COLUMNS[:-1]] == [want[name][c] for c in COLUMNS[:-1]], name
+        np.testing.assert_allclose(np.asarray(row["feature_vector"], np.float32),
+                                   np.asarray(want[name]["feature_vector"], np.float32), rtol=1e-6, atol=1e-5)
+    assert portable["rows_encoded"] == direct["rows_encoded"] == 40
+    reasons = sorted(e["reason"] for e in read_errors(tmp_path / "portable"))
+    if kind == "gzip_csv":
+        assert portable == direct
+        assert reasons == ["bad_csv_record", "empty_cell", "malformed_literal"]
+    else:
+        assert portable["rows_read"] == 40 + len(reasons) and reasons == []
+
