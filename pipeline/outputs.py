@@ -555,7 +555,9 @@ def _read_csv_shard(path: str, schema: pa.Schema, column: str) -> pa.Table:
             stream,
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
-                column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False
+                # the writer writes a null as "" (QUOTE_NONNUMERIC): null in a typed column, while
+                # a text column's "" stays the empty string (CSV cannot tell the two apart)
+                column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=True
             ),
         )
     features = pa.array(
