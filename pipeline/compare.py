@@ -157,13 +157,7 @@ def write_report(args: argparse.Namespace, table_a, keys: list[str], both: list,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        compare(args)
-    except ToolError as error:
-        print(f"osnet-beam compare: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return feature_table.run_tool("compare", compare, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

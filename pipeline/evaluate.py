@@ -181,13 +181,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        evaluate(args)
-    except ToolError as error:
-        print(f"osnet-beam evaluate: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return feature_table.run_tool("evaluate", evaluate, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

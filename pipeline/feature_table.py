@@ -8,7 +8,8 @@ and opened through Beam's filesystems only, so ``gs://`` paths work as they do f
 from __future__ import annotations
 
 import posixpath
-from typing import Any, Iterable, Iterator, Optional, Sequence
+import sys
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,16 @@ Key = tuple
 
 class ToolError(ValueError):
     """A problem with what the user asked for: reported as one line, exit status 2."""
+
+
+def run_tool(name: str, tool: Callable[[Any], Any], args: Any) -> int:
+    """Run an evaluate/compare tool: 0, or 2 with one ``osnet-beam NAME: error:`` line."""
+    try:
+        tool(args)
+    except ToolError as error:
+        print(f"osnet-beam {name}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _csv_batches(path: str, batch_rows: int = 4096) -> Iterator[pa.Table]:
