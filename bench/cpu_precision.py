@@ -8,7 +8,7 @@ For each checkpoint, on the 198 real crops of ../shared/data/real_crops:
 
 - fidelity: ONNX Runtime fp32 with denormals flushed (the default) against torchreid's reference
   features; CPU bf16 (OpenVINO, on AVX512-BF16/AMX cores) against fp32: min / median cosine, and
-  the cross-camera rank-1 / mAP of each (tests/_reference.py's definitions);
+  the cross-camera rank-1 / mAP of each (testkit/reference.py's definitions);
 - speed, model only, batch 32, the variants interleaved batch by batch in this one process
   (ratios within one run hold on a busy machine; rates do not): ORT fp32 as before issue 13
   (``flush_denormals=False``), ORT fp32 flushed, ORT fp32 flushed on weights whose denormals were
@@ -60,7 +60,7 @@ def measure(stem: str, shared: Path, repeats: int) -> dict:
     from model.backends import OnnxRuntimeBackend, cpu_supports_bf16, create_backend
     from model.checkpoint import load_osnet
     from model.preprocess import preprocess_batch
-    from tests._reference import cross_camera_retrieval, load_reference, read_labels, row_cosine
+    from testkit.reference import cross_camera_retrieval, load_reference, read_labels, row_cosine
 
     crops_dir = shared / "data" / "real_crops"
     files, crops, reference = load_reference(shared / "data" / "reference", crops_dir, stem)

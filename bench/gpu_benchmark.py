@@ -108,7 +108,7 @@ def run_parity(shared: Optional[Path], device: str, batch_size: int) -> dict[str
 
     from model import OsNetEncoder
     from model.preprocess import normalize_batch, resize_batch
-    from tests._reference import cross_camera_retrieval, row_cosine
+    from testkit.reference import cross_camera_retrieval, row_cosine
 
     if shared is None:
         return {"skipped": "../shared absent: no real crops or reference features"}

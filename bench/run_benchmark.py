@@ -20,7 +20,7 @@ different modes are interleaved (loop, torch, onnxruntime, e2e, loop, ...) so th
 machine load hits every mode alike, and ratios are also given per repeat ("paired"). Results go
 to ``--out`` (default bench/results): ``latest.json``, ``latest.png``, ``latest.md``.
 
-``--mode scale``: 100k rows (about 10% bad rows of every kind in tests/bad_cells.py that a CSV
+``--mode scale``: 100k rows (about 10% bad rows of every kind in testkit/bad_cells.py that a CSV
 file can hold, plus broken CSV records and bad column values) in CSV shards, through the
 pipeline's command line with the bundled osnet_x0_25 weights; reports wall time and the peak RSS
 of the whole process tree, and checks that every row came out exactly once: as a feature row, or
@@ -1003,7 +1003,7 @@ SCHEMA_SAMPLE = 1000  # csv's TYPE_SAMPLE_RECORDS: keep bad column values out of
 def plan_scale_rows(n_rows: int, bad_fraction: float, large_copies: int, huge_copies: int, shards: int,
                     seed: int = 0) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
     """The row kinds in order: ("good", None), ("cell", BadCell), ("broken", i), ("column", None)."""
-    from tests.bad_cells import bad_cells
+    from testkit.bad_cells import bad_cells
 
     cases = bad_cells()
     usable = [c for c in cases if _is_csv_cell(c.cell)]
