@@ -8,7 +8,7 @@ For each checkpoint, on the 198 real crops of ../shared/data/real_crops:
 
 - fidelity: ONNX Runtime fp32 with denormals flushed (the default) against torchreid's reference
   features; CPU bf16 (OpenVINO, on AVX512-BF16/AMX cores) against fp32: min / median cosine, and
-  the cross-camera rank-1 / mAP of each (tests/_reference.py's definitions);
+  the cross-camera rank-1 / mAP of each (testkit/reference.py's definitions);
 - speed, model only, batch 32, the variants interleaved batch by batch in this one process
   (ratios within one run hold on a busy machine; rates do not): ORT fp32 as before issue 13
   (``flush_denormals=False``), ORT fp32 flushed, ORT fp32 flushed on weights whose denormals were
@@ -33,9 +33,13 @@ if sys.path and Path(sys.path[0]).resolve() == BENCH_DIR:
     sys.path.pop(0)
 sys.path.insert(0, str(BENCH_DIR.parent))
 
-from bench import run_benchmark as rb  # noqa: E402
+from bench.harness import log  # noqa: E402
+from bench.machine import DEFAULT_OUT, find_shared, machine_info  # noqa: E402
+from bench.rates import stats  # noqa: E402
+from bench.report import update_readme  # noqa: E402
+from testkit.reference import CHECKPOINTS, checkpoint_path  # noqa: E402
 
-STEMS = ["osnet_x0_25_msmt17", "osnet_x0_25_market1501", "osnet_x1_0_market1501_from_int8", "osnet_ibn_x1_0_random"]
+STEMS = list(CHECKPOINTS)
 BATCH = 32
 
 
@@ -60,13 +64,13 @@ def measure(stem: str, shared: Path, repeats: int) -> dict:
     from model.backends import OnnxRuntimeBackend, cpu_supports_bf16, create_backend
     from model.checkpoint import load_osnet
     from model.preprocess import preprocess_batch
-    from tests._reference import cross_camera_retrieval, load_reference, read_labels, row_cosine
+    from testkit.reference import cross_camera_retrieval, load_reference, read_labels, row_cosine
 
     crops_dir = shared / "data" / "real_crops"
     files, crops, reference = load_reference(shared / "data" / "reference", crops_dir, stem)
     labels = read_labels(crops_dir)
     batch = preprocess_batch(crops)
-    module = load_osnet(shared / "weights" / f"{stem}.pth")
+    module = load_osnet(checkpoint_path(shared, stem))
     zeroed, denormals = zero_denormal_weights(module)
     variants = {
         "ort_fp32_noflush": OnnxRuntimeBackend(module, "cpu", flush_denormals=False),
@@ -99,7 +103,7 @@ def measure(stem: str, shared: Path, repeats: int) -> dict:
                 rates[name].append(BATCH / (time.perf_counter() - started))
     base = rates["ort_fp32_noflush"]
     flush = rates["ort_fp32_flush"]
-    speed = {name: {"img_per_s": rb.stats(values),
+    speed = {name: {"img_per_s": stats(values),
                     "vs_ort_fp32_noflush": statistics.median(a / b for a, b in zip(values, base)),
                     "vs_ort_fp32_flush": statistics.median(a / b for a, b in zip(values, flush))}
              for name, values in rates.items()}
@@ -132,15 +136,15 @@ def main(argv=None) -> int:
     parser.add_argument("--stems", default=",".join(STEMS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--shared")
-    parser.add_argument("--out", default=str(rb.DEFAULT_OUT))
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
-    shared = rb.find_shared(args.shared)
+    shared = find_shared(args.shared)
     if shared is None:
         parser.error("needs ../shared (or --shared): the real crops and the checkpoints")
     load_start = os.getloadavg()
     results = {}
     for stem in [s for s in args.stems.split(",") if s]:
-        rb.log(f"{stem} ...")
+        log(f"{stem} ...")
         results[stem] = measure(stem, shared, args.repeats)
         f, s = results[stem]["fidelity"], results[stem]["speed_batch_32"]
         for name in s:
@@ -149,7 +153,7 @@ def main(argv=None) -> int:
                   f"min cos {f[name]['min_cosine']:.5f} (vs {f[name]['vs']})  rank-1 {f[name]['rank1']:.3f}")
         print(f"{stem:34s} reference rank-1 {f['reference']['rank1']:.3f}; denormal weights {f['denormal_weights']}")
     record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv),
-              "machine": rb.machine_info(), "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+              "machine": machine_info(), "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
               "results": results}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,8 +161,8 @@ def main(argv=None) -> int:
     full, short = markdown(record)
     (out / "cpu_precision.md").write_text(full)
     print(full)
-    if out.resolve() == rb.DEFAULT_OUT.resolve():
-        rb.update_readme(full, "<!-- cpu-precision:begin -->", "<!-- cpu-precision:end -->")
+    if out.resolve() == DEFAULT_OUT.resolve():
+        update_readme(full, "<!-- cpu-precision:begin -->", "<!-- cpu-precision:end -->")
         readme = BENCH_DIR.parent / "README.md"
         text = readme.read_text()
         begin, end = "<!-- cpu-bf16:begin -->", "<!-- cpu-bf16:end -->"

@@ -24,7 +24,7 @@ Three sections, each its own result in ``--out`` (default bench/results/gpu_late
   central 90% of rows, the first-to-last rate, start-up and wall time, and the ratio to the
   model alone (pixels path, the pipeline's batch size and precision).
 
-Each e2e run is a child process (``bench/run_benchmark.py``'s machinery), watched for the peak
+Each e2e run is a child process (``bench.harness.run_child``), watched for the peak
 RSS of its process tree. The table is the real crops of ``../shared`` replicated (synthetic
 crops without it), in CSV shards of ``--shard-rows`` rows; a run with K workers reads
 ``--rows-per-worker`` x K rows, so every run lasts about as long.
@@ -32,13 +32,11 @@ crops without it), in CSV shards of ``--shard-rows`` rows; a run with K workers 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
 import re
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -53,12 +51,17 @@ if sys.path and Path(sys.path[0]).resolve() == BENCH_DIR:
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench import run_benchmark as rb  # noqa: E402
+from bench.checkpoints import bench_weights  # noqa: E402
+from bench.harness import run_child  # noqa: E402
+from bench.machine import DEFAULT_OUT, find_shared, git_revision, machine_info  # noqa: E402
+from bench.rates import stats  # noqa: E402
+from bench.tables import seed_rows, write_bench_table  # noqa: E402
+from testkit.reference import CHECKPOINTS, SEED_TABLE, read_seed_rows  # noqa: E402
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 MODEL_ARCH = "osnet_ibn_x1_0"
-PARITY_CHECKPOINTS = {"osnet_x0_25_msmt17": "osnet_x0_25", "osnet_x0_25_market1501": "osnet_x0_25",
-                      "osnet_ibn_x1_0_random": "osnet_ibn_x1_0"}
+#: the shared checkpoints but the int8-derived x1.0 stand-in (the parity of x1.0 is the IBN one's)
+PARITY_CHECKPOINTS = {stem: arch for stem, arch in CHECKPOINTS.items() if stem != "osnet_x1_0_market1501_from_int8"}
 TARGET_E2E_VS_MODEL = 0.70
 TARGET_REDUCED_COSINE = 0.999
 TARGET_FP32_COSINE = 0.99999
@@ -94,13 +97,9 @@ def seed_crops(shared: Path) -> tuple[list[str], list, dict[str, tuple[str, str]
     """(file names, decoded crops, file -> (identity, camera)) of the shared seed table."""
     from transforms.crop_codec import decode_crop
 
-    files, crops, labels = [], [], {}
-    with open(shared / rb.SEED_TABLE, newline="") as stream:
-        for row in csv.DictReader(stream, quoting=csv.QUOTE_NONNUMERIC):
-            files.append(row["file"])
-            crops.append(decode_crop(row["feature_vector"]))
-            labels[row["file"]] = (str(int(row["track_id"])), row["camera"])
-    return files, crops, labels
+    rows = read_seed_rows(shared / SEED_TABLE)
+    labels = {row["file"]: (str(row["track_id"]), row["camera"]) for row in rows}
+    return [row["file"] for row in rows], [decode_crop(row["feature_vector"]) for row in rows], labels
 
 
 def run_parity(shared: Optional[Path], device: str, batch_size: int) -> dict[str, Any]:
@@ -108,7 +107,7 @@ def run_parity(shared: Optional[Path], device: str, batch_size: int) -> dict[str
 
     from model import OsNetEncoder
     from model.preprocess import normalize_batch, resize_batch
-    from tests._reference import cross_camera_retrieval, row_cosine
+    from testkit.reference import cross_camera_retrieval, row_cosine
 
     if shared is None:
         return {"skipped": "../shared absent: no real crops or reference features"}
@@ -175,14 +174,13 @@ def timed_rate(call: Callable[[int], Any], images_per_call: int, min_seconds: fl
             if elapsed >= min_seconds and calls >= 3:
                 break
         rates.append(calls * images_per_call / elapsed)
-    return rb.stats(rates)
+    return stats(rates)
 
 
 def run_model(crops: list, weights: str, device: str, precisions: Sequence[str], batch_sizes: Sequence[int],
               min_seconds: float, repeats: int, all_paths_for: str) -> dict[str, Any]:
     """Images per second per precision and batch size; the ``float32`` and ``resident`` paths
     only for ``all_paths_for`` (the pipeline's precision), to keep the run short."""
-    import numpy as np
     import torch
 
     from model import create_backend, load_osnet
@@ -219,7 +217,7 @@ def run_model(crops: list, weights: str, device: str, precisions: Sequence[str],
             log(f"  model {precision} batch {size}: " + ", ".join(
                 f"{path} {per_path[path][str(size)]['median']:.0f}" for path in per_path) + " img/s")
         result["img_per_s"][precision] = per_path
-        del backend
+        backend = None  # frees its GPU memory before the next precision's
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
             result.setdefault("peak_gpu_memory_mib", {})[precision] = torch.cuda.max_memory_allocated() / 2**20
@@ -235,7 +233,7 @@ def write_shards(directory: Path, seeds: list[list[Any]], shards: int, rows_per_
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"part-{shard:05d}.csv" for shard in range(shards)]
     for shard, path in enumerate(paths):
-        rb.write_bench_table(path, rows_per_shard, seeds, first=shard * rows_per_shard)
+        write_bench_table(path, rows_per_shard, seeds, first=shard * rows_per_shard)
     return paths
 
 
@@ -287,7 +285,7 @@ def run_e2e(args: argparse.Namespace, seeds: list[list[Any]], weights: str, work
         spec = {"table": str(folder / "*.csv"), "rows": rows, "output": str(workdir / f"out_{label}"),
                 "weights": weights, "arch": MODEL_ARCH, "pipeline_args": pipeline_args, "stamp_dir": str(stamp_dir)}
         try:
-            measured = rb.run_child("e2e", spec, f"e2e_{label.replace('@', '_b')}", workdir, timeout_s=args.e2e_timeout)
+            measured = run_child("e2e", spec, f"e2e_{label.replace('@', '_b')}", workdir, timeout_s=args.e2e_timeout)
         except Exception as error:  # one failed configuration must not cost the others' figures
             log(f"  e2e {label} failed: {error}")
             runs[label] = {"error": str(error)[-2000:]}
@@ -446,15 +444,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from model.backends import planned_batch_size, resolve_device
 
     device = resolve_device(args.device)
-    shared = rb.find_shared(args.shared)
-    out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="osnet-gpu-bench-")) if args.tiny else rb.DEFAULT_OUT)
+    shared = find_shared(args.shared)
+    out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="osnet-gpu-bench-")) if args.tiny else DEFAULT_OUT)
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="osnet-gpu-bench-"))
     result: dict[str, Any] = {"meta": {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join(["python", "bench/gpu_benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
-        "args": vars(args), "machine": rb.machine_info(), "device_info": device_info(device),
-        "git": rb.git_revision(), "shared": str(shared) if shared else None,
+        "args": vars(args), "machine": machine_info(), "device_info": device_info(device),
+        "git": git_revision(), "shared": str(shared) if shared else None,
     }}
     pipeline_batch = planned_batch_size("auto", args.e2e_device, args.e2e_precision)
     log(f"device {result['meta']['device_info']}; results to {out}; temporary files in {workdir}")
@@ -465,9 +463,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         (out / "gpu_latest.md").write_text(markdown(result))
 
     try:
-        seeds, source = rb.seed_rows(shared)
+        seeds, source = seed_rows(shared)
         result["meta"]["crops"] = source
-        weights, weights_source = rb.bench_weights(shared, MODEL_ARCH, None, workdir)
+        weights, weights_source = bench_weights(shared, MODEL_ARCH, None, workdir)
         result["meta"]["weights"] = weights_source
         for section in args.sections:
             log(f"section {section}")

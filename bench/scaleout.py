@@ -23,120 +23,80 @@ Run it on a quiet machine for figures; the tiny mode only proves the script work
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
 import datetime
+import time
 import json
 import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("OSNET_SHARED_DIR", REPO_ROOT.parent / "shared"))
-SEED_TABLE = SHARED / "data" / "seed_format" / "real_crops.csv"
-X1_0_WEIGHTS = SHARED / "weights" / "osnet_x1_0_market1501_from_int8.pth"
-COLUMNS = ["frame", "track_id", "camera", "file", "feature_vector"]
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+if sys.path and Path(sys.path[0]).resolve() == BENCH_DIR:
+    sys.path.pop(0)
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench.harness import run_measured, tree_env  # noqa: E402
+from bench.machine import find_shared  # noqa: E402
+from bench.tables import COLUMNS, bench_rows, seed_rows, write_bench_table  # noqa: E402
+from testkit.reference import checkpoint_path  # noqa: E402
+
+X1_0_STEM = "osnet_x1_0_market1501_from_int8"
 CONFIGS = {
     "one_process": ["--threads=1"],
     "two_processes": ["--threads=1", "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
 }
 PARSED = re.compile(r"csv records parsed by process (\d+): (\d+)")
 BATCHED = re.compile(r"BatchElements statistics: element_count=(\d+)")
-SUMMARY = re.compile(r"rows_read=(\d+) decoded=(\d+) encoded=(\d+) errors=(\d+)")
-csv.field_size_limit(sys.maxsize)
-sys.path.insert(0, str(REPO_ROOT))
 
 
 def log(message: str) -> None:
     print(f"[scaleout {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def seed_rows(path: Path = SEED_TABLE) -> list[list[Any]]:
-    with open(path, newline="") as stream:
-        reader = csv.reader(stream, quoting=csv.QUOTE_NONNUMERIC)
-        header = next(reader)
-        assert header == COLUMNS, header
-        return [[int(r[0]), int(r[1]), *r[2:]] for r in reader]
-
-
 def build_input(path: Path, n_rows: int, seeds: list[list[Any]], fmt: str) -> Path:
     """N rows: the seed rows replicated, frame and file unique; CSV, or Parquet in ONE row group."""
-    rows = []
-    for index in range(n_rows):
-        _frame, track, camera, name, cell = seeds[index % len(seeds)]
-        rows.append([index, track, camera, f"{name}#{index // len(seeds)}", cell])
     if fmt == "csv":
-        with open(path, "w", newline="") as stream:
-            writer = csv.writer(stream, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
-            writer.writerow(COLUMNS)
-            writer.writerows(rows)
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        write_bench_table(path, n_rows, seeds)
+        return path
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-        table = pa.table({c: [r[i] for r in rows] for i, c in enumerate(COLUMNS)})
-        pq.write_table(table, path, row_group_size=max(1, n_rows))  # one row group, as pandas does
+    rows = list(bench_rows(n_rows, seeds))
+    table = pa.table({c: [r[i] for r in rows] for i, c in enumerate(COLUMNS)})
+    pq.write_table(table, path, row_group_size=max(1, n_rows))  # one row group, as pandas does
     return path
-
-
-def _tree_rss(root) -> int:
-    import psutil
-
-    total = 0
-    with contextlib.suppress(psutil.Error):
-        for proc in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
-    return total
 
 
 def run_pipeline(input_path: Path, config: str, weights: str, workdir: Path, label: str,
                  timeout_s: float, poll_s: float = 0.2) -> dict[str, Any]:
-    """One CLI run: wall time, peak RSS of the whole process tree, counters, per-process rows."""
-    import psutil
+    """One CLI run: wall time, peak RSS of the whole process tree, the run manifest's counts,
+    per-process rows (from the INFO lines of the parse step and of RunInference's batcher)."""
+    from pipeline.outputs import read_manifest
 
     output = workdir / f"out-{label}"
     cmd = [sys.executable, "-m", "pipeline", "--input", str(input_path), "--output", str(output),
            "--weights", weights, "--log_level", "info", *CONFIGS[config]]  # per-process lines are INFO
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
-    err_path = workdir / f"{label}.stderr"
-    started = time.perf_counter()
-    peak = 0
-    with open(err_path, "w") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-        root = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            peak = max(peak, _tree_rss(root))
-            if time.perf_counter() - started > timeout_s:
-                for child in root.children(recursive=True):
-                    with contextlib.suppress(psutil.Error):
-                        child.kill()
-                proc.kill()
-                raise RuntimeError(f"{label}: timed out after {timeout_s:.0f}s (logs: {err_path})")
-            time.sleep(poll_s)
-        stdout = proc.stdout.read()
-    wall = time.perf_counter() - started
-    stderr = err_path.read_text()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{label} failed ({proc.returncode}):\n{stderr[-3000:]}")
-    summary = SUMMARY.search(stdout)
-    if not summary:
-        raise RuntimeError(f"{label}: no summary line in {stdout!r}")
-    rows_read, decoded, encoded, errors = (int(x) for x in summary.groups())
+    measured = run_measured(cmd, label, workdir, poll_s=poll_s, timeout_s=timeout_s, env=tree_env(REPO_ROOT))
+    manifest = read_manifest(str(output))
+    if manifest is None:
+        raise RuntimeError(f"{label}: no run manifest in {output}")
+    counts = manifest["counts"]
+    rows_read, encoded, errors = counts["rows_read"], counts["rows_encoded"], counts["errors"]
+    stderr = (workdir / f"{label}.stderr").read_text()
     parsed: dict[str, int] = {}
     for pid, count in PARSED.findall(stderr):
         parsed[pid] = parsed.get(pid, 0) + int(count)
     batched = [int(n) for n in BATCHED.findall(stderr)]
     return {
-        "label": label, "config": config, "input": str(input_path), "wall_s": round(wall, 3),
-        "peak_tree_rss_mb": round(peak / 2**20, 1),
+        "label": label, "config": config, "input": str(input_path), "wall_s": round(measured["wall_s"], 3),
+        "peak_tree_rss_mb": round(measured["peak_tree_rss_mb"], 1),
         "rows_read": rows_read, "rows_encoded": encoded, "errors": errors,
         "csv_rows_by_process": parsed,
         "encoded_shares_by_batcher": [round(n / encoded, 3) for n in batched if n] if encoded else [],
@@ -231,7 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--input", action="append", type=Path, default=None,
                         help="use these files instead of built ones (two of different sizes for a steady rate)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--weights", default=str(X1_0_WEIGHTS))
+    parser.add_argument("--weights", default=None, help=f"default: ../shared's {X1_0_STEM}")
+    parser.add_argument("--shared", help="reference material (default: $OSNET_SHARED_DIR or ../shared)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     parser.add_argument("--tag", default="scaleout", help="results are written to <out>/<tag>_latest.json/.md")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
@@ -242,12 +203,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from weights import BUNDLED_WEIGHTS
 
         args.weights = str(BUNDLED_WEIGHTS)
+    shared = find_shared(args.shared)
+    if args.weights is None:
+        if shared is None:
+            parser.error("needs ../shared (or --shared, or --weights): the x1.0 weights and the seed table")
+        args.weights = str(checkpoint_path(shared, X1_0_STEM))
     with tempfile.TemporaryDirectory(prefix="scaleout-") as tmp:
         workdir = Path(tmp)
         if args.input:
             inputs = list(args.input)
         else:
-            seeds = seed_rows()
+            seeds, _ = seed_rows(shared)
             suffix = ".csv" if args.format == "csv" else ".parquet"
             inputs = [build_input(workdir / f"rows{n}{suffix}", n, seeds, args.format) for n in (args.rows, 2 * args.rows)]
             log(f"built {[str(i) for i in inputs]}")

@@ -1,7 +1,8 @@
-"""Helpers for the pipeline tests: the seed table, the reference features, output readers.
+"""Helpers for the pipeline tests: writing tables, reading outputs back.
 
 Readers here use the csv module, struct and pyarrow directly, not the project's own codecs, so
-a bug in a codec cannot hide itself.
+a bug in a codec cannot hide itself. The seed table, reference features and ``cosine`` live in
+``testkit.reference`` (shared with bench/) and are re-exported here for the tests.
 """
 from __future__ import annotations
 
@@ -18,28 +19,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from testkit.reference import cosine, read_seed_rows, reference_features
+
+__all__ = ["COLUMNS", "cosine", "read_csv_features", "read_errors", "read_parquet_features", "read_seed_rows",
+           "reference_features", "write_csv"]
+
 csv.field_size_limit(sys.maxsize)
 COLUMNS = ["frame", "track_id", "camera", "file", "feature_vector"]
-
-
-def read_seed_rows(seed_table: Path) -> list[dict]:
-    """The seed table's rows with the producer's types (numbers unquoted, strings quoted)."""
-    with open(seed_table, newline="") as stream:
-        reader = csv.DictReader(stream, quoting=csv.QUOTE_NONNUMERIC)
-        rows = []
-        for row in reader:
-            row["frame"], row["track_id"] = int(row["frame"]), int(row["track_id"])
-            rows.append(row)
-    return rows
-
-
-def reference_features(reference_dir: Path, name: str) -> dict[str, np.ndarray]:
-    data = np.load(reference_dir / f"{name}.npz")
-    return {str(f): v for f, v in zip(data["files"], data["features"])}
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def write_csv(path: Path, rows: list[list], header: list[str] = COLUMNS, raw_lines: dict | None = None) -> None:

@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from testkit.reference import read_seed_rows
+
 
 def retrieval_figures(features: np.ndarray, ids, cameras, query_mask=None) -> dict:
     """rank-1/5/10, mAP, mINP: each query against every crop of the other cameras.
@@ -59,16 +61,7 @@ def retrieval_figures(features: np.ndarray, ids, cameras, query_mask=None) -> di
 
 def seed_columns(seed_table: Path) -> list[dict]:
     """The seed table's pass-through columns (no crops), with the producer's types."""
-    with open(seed_table, newline="") as stream:
-        reader = csv.DictReader(stream, quoting=csv.QUOTE_NONNUMERIC)
-        return [{"frame": int(r["frame"]), "track_id": int(r["track_id"]), "camera": r["camera"],
-                 "file": r["file"]} for r in reader]
-
-
-def labels_by_file(real_crops_dir: Path) -> dict[str, tuple[str, str]]:
-    """file -> (person_id, camera) from the crops' own labels.csv."""
-    with open(real_crops_dir / "labels.csv", newline="") as stream:
-        return {r["file"]: (r["person_id"], r["camera"]) for r in csv.DictReader(stream)}
+    return [{k: v for k, v in row.items() if k != "feature_vector"} for row in read_seed_rows(seed_table)]
 
 
 def write_parquet_run(directory: Path, rows: list[dict], features: np.ndarray, shards: int = 1) -> Path:

@@ -10,7 +10,7 @@ import torch
 
 from model import create_backend, default_batch_size, load_osnet
 from model.backends import FeatureBackend, OnnxRuntimeBackend, TorchBackend, cuda_batch_size, planned_batch_size
-from tests._reference import row_cosine
+from testkit.reference import row_cosine
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Keeps bench/run_benchmark.py from rotting: its tiny mode end to end, and its pure helpers.
+"""Keeps bench/run_benchmark.py and bench/variants.py from rotting: their tiny modes end to end,
+the baseline mode, and the pure helpers of bench/.
 
 The tiny run (``--tiny --mode all``) goes through every measurement (original loop, each backend,
 the pipeline end to end, the per-stage costs, the 100k-row scale check shrunk to 400 rows) with
@@ -6,25 +7,20 @@ the small bundled model, one repeat, a few crops: about 30 s on an idle 2-core m
 """
 from __future__ import annotations
 
-import importlib.util
+import glob
 import json
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from bench import baseline, checkpoints, rates, tables
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "bench" / "run_benchmark.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_run_benchmark_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow  # minutes: run with -m slow (README, "Tests")
@@ -74,37 +70,98 @@ def test_tiny_benchmark_runs_every_mode(tmp_path):
     assert (out / "scale_latest.png").stat().st_size > 5_000
 
 
-def test_steady_rate_skips_the_first_batch(bench):
+def test_steady_rate_skips_the_first_batch():
     # three batches of 4 rows leaving the model at t = 10, 11, 12 s
     stamps = [t + i * 1e-5 for t in (10.0, 11.0, 12.0) for i in range(4)]
-    assert bench.batches_of(stamps) == [4, 4, 4]
-    rate = bench.steady_rate(stamps)
+    assert rates.batches_of(stamps) == [4, 4, 4]
+    rate = rates.steady_rate(stamps)
     assert rate["steady_rows_per_s"] == pytest.approx(8 / 2.0, rel=1e-3)
-    assert bench.steady_rate(stamps[:4])["steady_rows_per_s"] is None
+    assert rates.steady_rate(stamps[:4])["steady_rows_per_s"] is None
 
 
-def test_scale_plan_keeps_broken_records_clear_of_multiline_cells(bench):
-    kinds, planned = bench.plan_scale_rows(20_000, 0.1, 1, 0, shards=4)
+def test_scale_plan_keeps_broken_records_clear_of_multiline_cells():
+    kinds, planned = tables.plan_scale_rows(20_000, 0.1, 1, 0, shards=4)
     assert len(kinds) == 20_000
     assert planned["bad_rows"] == sum(1 for kind, _ in kinds if kind != "good")
     assert planned["broken_csv_records"] == 10 and planned["bad_column_values"] == 10
     assert 1_900 <= planned["bad_rows"] <= 2_100
     for index, (kind, _) in enumerate(kinds):
         if kind == "broken":
-            following = kinds[index + 1 : index + bench.BROKEN_LOOKAHEAD]
-            assert not any(k == "broken" or (k == "cell" and bench._newlines(str(c.cell))) for k, c in following)
+            following = kinds[index + 1 : index + tables.BROKEN_LOOKAHEAD]
+            assert not any(k == "broken" or (k == "cell" and tables.newlines(str(c.cell))) for k, c in following)
         if kind == "column":
-            assert index % 5_000 >= bench.SCHEMA_SAMPLE  # every file's type sample stays clean
+            assert index % 5_000 >= tables.SCHEMA_SAMPLE  # every file's type sample stays clean
     used = {payload.name for kind, payload in kinds if kind == "cell"}
     assert len(used) == planned["bad_cell_kinds_used"] - 1  # the 50 MB cell is left out (0 copies)
 
 
-def test_fallbacks_without_shared_material(bench, tmp_path):
-    rows, source = bench.seed_rows(None)
+def test_fallbacks_without_shared_material(tmp_path):
+    rows, source = tables.seed_rows(None)
     assert len(rows) == 198 and "synthetic" in source
     assert all(isinstance(cell, str) and cell.startswith("{'width'") for *_, cell in rows)
-    path, source = bench.bench_weights(None, "osnet_ibn_x1_0", None, tmp_path)
+    path, source = checkpoints.bench_weights(None, "osnet_ibn_x1_0", None, tmp_path)
     assert Path(path).is_file() and "random" in source
     from model import load_osnet
 
     assert load_osnet(path).arch == "osnet_ibn_x1_0"
+
+
+def test_paired_ratios_and_the_baseline_comparison():
+    assert rates.paired([2.0, 6.0], [1.0, 2.0])["median"] == pytest.approx(2.5)
+    compared = baseline.compare([10.0, 12.0, None], [5.0, 8.0, 4.0])
+    assert compared["ratio_new_over_baseline"] == pytest.approx(11.0 / 5.0)
+    assert compared["paired"]["values"] == [2.0, 1.5]  # only the repeats both trees measured
+    assert baseline.compare([], [1.0])["ratio_new_over_baseline"] is None
+
+
+def test_baseline_checkout_is_the_revision_and_goes_away():
+    with baseline.checkout("HEAD") as tree:
+        assert tree["commit"] == baseline.resolve("HEAD") and len(tree["commit"]) == 40
+        assert (tree["path"] / "model" / "__init__.py").is_file() and (tree["path"] / "bench" / "child.py").is_file()
+        assert not (tree["path"] / ".git").exists()
+    assert not tree["path"].exists()
+    with pytest.raises(ValueError, match="not a commit"):
+        baseline.resolve("no-such-revision-anywhere")
+
+
+@pytest.mark.slow  # a minute: run with -m slow
+def test_tiny_benchmark_against_a_baseline_checkout(tmp_path):
+    out = tmp_path / "results"
+    before = set(glob.glob(str(Path(tempfile.gettempdir()) / "osnet-bench-baseline-*")))
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--baseline-rev", "HEAD", "--backends", "onnxruntime",
+         "--out", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads((out / "latest.json").read_text())["bench"]
+    compared = result["baseline"]
+    assert compared["commit"] == baseline.resolve("HEAD")
+    # each child imported the product from the tree it was meant to run
+    for run in result["runs"]["e2e"] + result["runs"]["model_onnxruntime"]:
+        assert Path(run["result"]["imported_from"]["model"]).resolve().is_relative_to(REPO_ROOT)
+    checkout = Path(compared["imported_from"]["baseline"]["model"])
+    assert checkout.name == "__init__.py" and checkout.parts[-2] == "model"
+    assert not checkout.is_relative_to(REPO_ROOT) and "osnet-bench-baseline-" in str(checkout)
+    assert not checkout.exists()  # the temporary checkout is gone
+    assert set(glob.glob(str(Path(tempfile.gettempdir()) / "osnet-bench-baseline-*"))) == before
+    e2e = compared["e2e_steady_rows_per_s"]
+    assert e2e["new"]["median"] > 0 and e2e["baseline"]["median"] > 0
+    assert math.isfinite(e2e["ratio_new_over_baseline"]) and e2e["ratio_new_over_baseline"] > 0
+    assert set(compared["model_only_img_per_s"]["onnxruntime"]) == {"1", "4"}
+    assert "new / baseline" in (out / "latest.md").read_text()
+
+
+@pytest.mark.slow  # a minute: run with -m slow
+def test_variants_base_and_null_model(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "variants.py"), "base", "null:--batch_size=16", "--repeats", "1",
+         "--rows", "100", "--arch", "osnet_x0_25", "--quiet-wait", "0", "--out", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    record = json.loads((tmp_path / "variants_e2e.json").read_text())
+    assert set(record["summary"]) == {"base", "null:--batch_size=16"}
+    null = record["runs"]["null:--batch_size=16"][0]
+    assert null["pipeline_args"] == ["--batch_size=16"] and null["counters"]["rows_encoded"] == 100
+    assert all(s["median"] > 0 for s in record["summary"].values())

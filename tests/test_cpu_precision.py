@@ -12,7 +12,7 @@ import torch
 import model.backends as backends
 from model import OsNetEncoder, create_backend, load_osnet, preprocess_batch
 from model.backends import check_precision, cpu_supports_bf16, thread_flushes_denormals
-from tests._reference import cross_camera_retrieval, load_reference, read_labels, row_cosine
+from testkit.reference import cross_camera_retrieval, load_reference, read_labels, row_cosine
 
 needs_bf16_cpu = pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no AVX512-BF16/AMX")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.bad_cells import INJECTION_MARKER, BadCell, bad_cells, bomb_stream, crop_cell, raised_limit_cases, sample_crop
+from testkit.bad_cells import INJECTION_MARKER, BadCell, bad_cells, bomb_stream, crop_cell, raised_limit_cases, sample_crop
 from transforms import reasons
 from transforms.crop_codec import (
     DEFAULT_MAX_CELL_CHARS,

@@ -16,7 +16,7 @@ import torch
 from model import OsNetEncoder
 from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_batch, resize_batch
 from pipeline import run
-from tests._reference import CHECKPOINTS, cross_camera_retrieval, load_reference, read_labels, row_cosine
+from testkit.reference import CHECKPOINTS, cross_camera_retrieval, load_reference, read_labels, row_cosine
 from tests.pipeline_helpers import COLUMNS, read_parquet_features, read_seed_rows, write_csv
 
 pytestmark = pytest.mark.skipif(

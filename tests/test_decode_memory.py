@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.bad_cells import BOMB_INFLATED_SIZE, bomb_cell, large_cell
+from testkit.bad_cells import BOMB_INFLATED_SIZE, bomb_cell, large_cell
 from transforms.crop_codec import CropDecodeError, decode_crop, encode_crop
 
 MIB = 1 << 20
@@ -78,7 +78,7 @@ def test_max_pixels_stops_a_huge_valid_crop_before_inflating() -> None:
 _RSS_SCRIPT = textwrap.dedent(
     """
     import json, resource
-    from tests.bad_cells import bomb_cell, large_cell
+    from testkit.bad_cells import bomb_cell, large_cell
     from transforms.crop_codec import CropDecodeError, decode_crop
 
     cases = [

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from model import OsNetEncoder, load_osnet, preprocess_batch
-from tests._reference import CHECKPOINTS, cross_camera_retrieval, load_reference, read_labels, row_cosine
+from testkit.reference import CHECKPOINTS, cross_camera_retrieval, load_reference, read_labels, row_cosine
 
 MIN_COSINE = 0.99999
 MAX_ABS = 1e-4

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import gpu_benchmark
-from bench.run_benchmark import central_rate
+from bench.rates import central_rate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "bench" / "gpu_benchmark.py"

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import run
 from pipeline.run import main
-from tests.bad_cells import bad_cells
+from testkit.bad_cells import bad_cells
 from tests.pipeline_helpers import (
     COLUMNS,
     cosine,

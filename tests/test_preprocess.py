@@ -7,7 +7,7 @@ from PIL import Image
 
 from model import preprocess_batch
 from model.preprocess import normalize_batch, resize_batch
-from tests._reference import read_crop
+from testkit.reference import read_crop
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.reid_metrics import evaluate_retrieval, normalise, top_matches
-from tests.reid_reference import labels_by_file, retrieval_figures
+from testkit.reference import read_labels
+from tests.reid_reference import retrieval_figures
 
 KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP", "queries", "identities")
 
@@ -16,7 +17,7 @@ KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP", "queries", "identities")
 @pytest.fixture(scope="module")
 def reference(reference_dir, real_crops_dir):
     data = np.load(reference_dir / "osnet_x0_25_msmt17.npz")
-    labels = labels_by_file(real_crops_dir)
+    labels = read_labels(real_crops_dir)
     ids = np.array([labels[str(f)][0] for f in data["files"]])
     cameras = np.array([labels[str(f)][1] for f in data["files"]])
     return data["features"], ids, cameras

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT
+from testkit.reference import read_labels
 from tests.reid_reference import (
-    labels_by_file,
     retrieval_figures,
     seed_columns,
     write_csv_run,
@@ -42,7 +42,7 @@ def reference(reference_dir, real_crops_dir, rows):
     """Reference features in the seed table's row order, and labels from labels.csv."""
     data = np.load(reference_dir / f"{REFERENCE}.npz")
     by_file = {str(f): v for f, v in zip(data["files"], data["features"])}
-    labels = labels_by_file(real_crops_dir)
+    labels = read_labels(real_crops_dir)
     features = np.stack([by_file[r["file"]] for r in rows])
     ids = np.array([labels[r["file"]][0] for r in rows])
     cameras = np.array([labels[r["file"]][1] for r in rows])

@@ -24,8 +24,11 @@ def bench():
     return module
 
 
-def test_built_inputs_are_one_csv_file_or_one_row_group(bench, seed_table, tmp_path):
-    seeds = bench.seed_rows(seed_table)
+def test_built_inputs_are_one_csv_file_or_one_row_group(bench, shared_dir, tmp_path):
+    from bench.tables import seed_rows
+
+    seeds, source = seed_rows(shared_dir)
+    assert "real crops" in source
     parquet = bench.build_input(tmp_path / "t.parquet", 450, seeds, "parquet")
     assert pq.ParquetFile(parquet).metadata.num_row_groups == 1
     assert pq.ParquetFile(parquet).metadata.num_rows == 450

@@ -7,7 +7,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tests.bad_cells import bad_cells
+from testkit.bad_cells import bad_cells
 from tests.pipeline_helpers import cosine, read_seed_rows, reference_features
 from transforms.decode import DecodeCrops
 from transforms.errors import ERRORS_TAG

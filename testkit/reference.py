@@ -1,18 +1,24 @@
-"""Helpers for tests against ../shared: reading the real crops, comparing features, retrieval metrics.
+"""Readers of ../shared's reference material, feature comparison and retrieval metrics, for the
+tests and the benchmarks: the checkpoints and their architectures, the seed table, the real crops,
+their labels, torchreid's reference features.
 
-Written independently of model/ on purpose: a test that reused the code under test to compute its
-expectation could not fail.
+Written independently of model/ and transforms/ on purpose: a test that reused the code under test
+to compute its expectation could not fail.
 """
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-# The checkpoints in ../shared/weights, their architecture, and the reference features' file stem.
+csv.field_size_limit(sys.maxsize)  # a seed-table cell holds a whole crop
+
+#: The checkpoints in ../shared/weights (file stem -> architecture); the stem also names their
+#: reference features in ../shared/data/reference.
 CHECKPOINTS = {
     "osnet_x0_25_msmt17": "osnet_x0_25",
     "osnet_x0_25_market1501": "osnet_x0_25",
@@ -21,17 +27,46 @@ CHECKPOINTS = {
 }
 
 
+#: ../shared's seed table: the real crops in the producer's CSV format, relative to ../shared.
+SEED_TABLE = Path("data") / "seed_format" / "real_crops.csv"
+
+
+def checkpoint_path(shared: Path, stem: str) -> Path:
+    """The weights file of one of :data:`CHECKPOINTS` in ../shared."""
+    return Path(shared) / "weights" / f"{stem}.pth"
+
+
+def read_seed_rows(seed_table: Path) -> list[dict]:
+    """The seed table's rows with the producer's types (numbers unquoted, strings quoted)."""
+    with open(seed_table, newline="") as stream:
+        rows = []
+        for row in csv.DictReader(stream, quoting=csv.QUOTE_NONNUMERIC):
+            row["frame"], row["track_id"] = int(row["frame"]), int(row["track_id"])
+            rows.append(row)
+    return rows
+
+
 def read_crop(path: Path) -> np.ndarray:
     """A crop as the reference read it: decoded by content (the .png files hold JPEG), RGB uint8."""
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
 
 
+def read_reference_features(reference_dir: Path, stem: str) -> tuple[list[str], np.ndarray]:
+    """(file names, torchreid's features (N, 512) in the same order) of one checkpoint."""
+    with np.load(Path(reference_dir) / f"{stem}.npz", allow_pickle=False) as data:
+        return [str(f) for f in data["files"]], data["features"].astype(np.float32)
+
+
+def reference_features(reference_dir: Path, stem: str) -> dict[str, np.ndarray]:
+    """file -> torchreid's feature vector, for one checkpoint."""
+    files, features = read_reference_features(reference_dir, stem)
+    return dict(zip(files, features))
+
+
 def load_reference(reference_dir: Path, real_crops_dir: Path, stem: str) -> tuple[list[str], list[np.ndarray], np.ndarray]:
     """(file names, crops in the same order, reference features (N, 512)) for one checkpoint."""
-    with np.load(reference_dir / f"{stem}.npz", allow_pickle=False) as data:
-        files = [str(f) for f in data["files"]]
-        features = data["features"].astype(np.float32)
+    files, features = read_reference_features(reference_dir, stem)
     crops = [read_crop(real_crops_dir / f) for f in files]
     return files, crops, features
 
@@ -41,6 +76,11 @@ def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a.astype(np.float64)
     b = b.astype(np.float64)
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two vectors (float64)."""
+    return float(row_cosine(np.asarray(a)[None], np.asarray(b)[None])[0])
 
 
 def read_labels(real_crops_dir: Path) -> dict[str, tuple[str, str]]:
