@@ -17,7 +17,7 @@ from transforms.crop_codec import (
     decode_crop,
 )
 from transforms.errors import ERRORS_TAG, error_record
-from transforms.read import METRICS_NAMESPACE
+from transforms import metrics
 
 class DecodeCrops(beam.DoFn):
     """Decodes the image cell of each row; never raises for bad data.
@@ -37,16 +37,14 @@ class DecodeCrops(beam.DoFn):
         self._max_cell_chars = cell_chars_bound(max_pixels)
 
     def setup(self) -> None:
-        self._read = Metrics.counter(METRICS_NAMESPACE, "rows_read")
-        self._decoded = Metrics.counter(METRICS_NAMESPACE, "rows_decoded")
-        self._pixels = Metrics.distribution(METRICS_NAMESPACE, "crop_pixels")
+        self._decoded = Metrics.counter(metrics.NAMESPACE, metrics.ROWS_DECODED)
+        self._pixels = Metrics.distribution(metrics.NAMESPACE, metrics.CROP_PIXELS)
 
     def _error(self, reason: str, detail: str, row: Mapping[str, Any]) -> beam.pvalue.TaggedOutput:
-        Metrics.counter(METRICS_NAMESPACE, f"errors_{reason}").inc()
+        Metrics.counter(metrics.NAMESPACE, metrics.error_counter(reason)).inc()
         return beam.pvalue.TaggedOutput(ERRORS_TAG, error_record(reason, detail, row=row))
 
     def process(self, row: Mapping[str, Any]) -> Iterator[Any]:
-        self._read.inc()
         try:
             crop = decode_crop(
                 row.get(self._image_column),

@@ -30,7 +30,7 @@ from model import OsNetEncoder
 from model.backends import planned_batch_size
 from model.preprocess import resize_batch
 from transforms.errors import ERRORS_TAG, error_record
-from transforms.read import METRICS_NAMESPACE
+from transforms import metrics
 from transforms.reasons import Reason
 
 _LOG = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, OsNetEncoder]):
         return sum(int(crop.nbytes) for crop in batch)
 
     def get_metrics_namespace(self) -> str:
-        return METRICS_NAMESPACE
+        return metrics.NAMESPACE
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
         """Batches of exactly the encoder's batch size (the last one of a bundle excepted): one
@@ -163,7 +163,7 @@ class _ToFeatures(beam.DoFn):
     """``(row, PredictionResult)`` to ``(row, features)``, counted."""
 
     def setup(self) -> None:
-        self._encoded = Metrics.counter(METRICS_NAMESPACE, "rows_encoded")
+        self._encoded = Metrics.counter(metrics.NAMESPACE, metrics.ROWS_ENCODED)
 
     def process(self, keyed: tuple[Mapping[str, Any], PredictionResult]) -> Iterator[Any]:
         row, result = keyed
@@ -174,7 +174,7 @@ class _ToFeatures(beam.DoFn):
 def _failed_batch_to_errors(failure: tuple[Sequence[Any], BaseException]) -> Iterator[dict]:
     batch, exception = failure
     detail = f"model failed on a batch of {len(batch)}: {type(exception).__name__}: {exception}"
-    counter = Metrics.counter(METRICS_NAMESPACE, f"errors_{Reason.INFERENCE_FAILED.value}")
+    counter = Metrics.counter(metrics.NAMESPACE, metrics.error_counter(Reason.INFERENCE_FAILED))
     for row, _crop in batch:
         counter.inc()
         yield error_record(Reason.INFERENCE_FAILED.value, detail, row=row)
