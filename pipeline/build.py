@@ -204,7 +204,7 @@ def build_pipeline(
         threads=ours.threads,
         share_across_processes=ours.share_model_across_processes,
     )
-    encoded = decoded.crops | "EncodeCrops" >> EncodeCrops(handler)
+    encoded = decoded.crops | "EncodeCrops" >> EncodeCrops(handler, ours.image_column)
     errors = (
         read["errors"],
         decoded[ERRORS_TAG],
