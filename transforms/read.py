@@ -259,6 +259,9 @@ class ParseCsvRecords(beam.DoFn):
 class ReadRows(beam.PTransform):
     """Rows of the input as dicts (column -> value); CSV records that do not parse as errors.
 
+    Reads exactly the files of ``layout`` (matched and checked at planning; the glob is not matched
+    again): the Parquet shards' plans and the CSV files' plans travel with the job.
+
     Expands to a tagged result with ``rows`` and ``errors``. Parquet goes through
     :class:`transforms.parquet_source.ReadParquetRows` (streamed in small batches, split by row
     range, also inside a row group); CSV through :mod:`transforms.csv_source` (split by byte
@@ -266,11 +269,8 @@ class ReadRows(beam.PTransform):
     error row, not a failed job.
     """
 
-    def __init__(
-        self, pattern: str, layout: InputLayout, image_column: str, progress_dir: Optional[str] = None
-    ):
+    def __init__(self, layout: InputLayout, image_column: str, progress_dir: Optional[str] = None):
         super().__init__()
-        self._pattern = pattern
         self._progress_dir = progress_dir
         self._layout = layout
         self._image_column = image_column
