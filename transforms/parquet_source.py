@@ -397,8 +397,6 @@ class _ReadRowRange(beam.DoFn):
 
     def __init__(self, schema: pa.Schema):
         self._schema = schema
-
-    def setup(self) -> None:
         self._read = Metrics.counter(metrics.NAMESPACE, metrics.ROWS_READ)
 
     def process(
