@@ -59,7 +59,7 @@ def child(reader: str, path: str) -> None:
         if reader == "beam":
             rows = p | ReadFromParquet(path)
         else:
-            rows = (p | ReadRows(path, inspect_input(path, IMAGE_COLUMN), IMAGE_COLUMN))["rows"]
+            rows = (p | ReadRows(inspect_input(path, IMAGE_COLUMN), IMAGE_COLUMN))["rows"]
         assert_that(rows | beam.combiners.Count.Globally(), equal_to([expected]))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(json.dumps({"reader": reader, "peak_rss_mib": round(peak, 1), "rows": expected}))

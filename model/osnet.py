@@ -322,7 +322,8 @@ ARCHITECTURES: dict[str, Callable[..., OSNet]] = {
 """Architecture name (torchreid's) -> builder taking ``num_classes``."""
 
 DEFAULT_ARCHITECTURE = "osnet_ibn_x1_0"
-"""The original tool's model."""
+"""The target architecture (the original tool's model) and :func:`build_osnet`'s default. Not the
+default weights: the bundled ones (``weights.BUNDLED_WEIGHTS``) are an ``osnet_x0_25``."""
 
 
 def build_osnet(arch: str = DEFAULT_ARCHITECTURE, num_classes: int = 1000) -> OSNet:

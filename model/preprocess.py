@@ -15,7 +15,9 @@ from PIL import Image
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "INPUT_HEIGHT",
     "INPUT_SIZE",
+    "INPUT_WIDTH",
     "check_pixels",
     "normalize_batch",
     "preprocess_batch",
@@ -25,7 +27,9 @@ __all__ = [
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-INPUT_SIZE: tuple[int, int] = (128, 256)
+INPUT_WIDTH, INPUT_HEIGHT = 128, 256
+"""The network input's width and height (the original tool's patch_width, patch_height)."""
+INPUT_SIZE: tuple[int, int] = (INPUT_WIDTH, INPUT_HEIGHT)
 """(width, height) of the network input, Pillow's order."""
 
 _CHANNEL_ORDERS = ("rgb", "bgr")

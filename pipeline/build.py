@@ -23,7 +23,7 @@ from transforms.decode import DecodeCrops
 from transforms.errors import ERRORS_TAG
 from transforms.inference import EncodeCrops, OsNetModelHandler, local_weights
 from transforms.progress import CountProgress
-from transforms.read import GLOB_CHARACTERS, InputError, InputLayout, ReadRows, inspect_input
+from transforms.read import InputError, InputLayout, ReadRows, inspect_input
 from transforms.write import WriteErrors, WriteFeatures, features_schema
 
 
@@ -35,17 +35,10 @@ class JobPlan:
     arch: str
     run_id: str = field(default_factory=outputs.new_run_id)
     started: str = field(default_factory=outputs.utc_now)
-    #: the glob the readers get: the input, or a literal file name with its wildcards escaped
-    read_pattern: Optional[str] = None
     input_files: tuple = ()
     weights_sha256: str = ""
     #: names in --output the run replaces (--overwrite), decided at planning
     replaces: tuple = ()
-
-
-def _escape_glob(path: str) -> str:
-    """A literal path as a Beam glob (Beam's patterns have no escape, but ``[*]`` matches ``*``)."""
-    return "".join(f"[{c}]" if c in GLOB_CHARACTERS else c for c in path)
 
 
 def _sha256(path: str) -> str:
@@ -103,7 +96,6 @@ def plan_job(options: OsNetOptions) -> JobPlan:
     except ValueError as error:
         raise InputError(str(error)) from None
     layout = inspect_input(ours.input, ours.image_column, ours.input_format, dialect)
-    literal = len(layout.files) == 1 and layout.files[0] == ours.input and any(c in ours.input for c in GLOB_CHARACTERS)
     output_column = ours.output_column or ours.image_column
     if output_column != ours.image_column and output_column in layout.columns:
         raise InputError(f"--output_column {output_column!r} is already an input column")
@@ -120,7 +112,6 @@ def plan_job(options: OsNetOptions) -> JobPlan:
     return JobPlan(
         layout,
         arch,
-        read_pattern=_escape_glob(ours.input) if literal else ours.input,
         input_files=_input_files(layout.files),
         weights_sha256=_sha256(weights),
         replaces=replaces,
@@ -188,8 +179,8 @@ def build_pipeline(
     """
     ours = options.view_as(OsNetOptions)
     output_column = ours.output_column or ours.image_column
-    pattern = plan.read_pattern or ours.input
-    read = p | "ReadRows" >> ReadRows(pattern, plan.layout, ours.image_column, progress_dir)
+    # the files planned (and checked) are the files read: the glob is not matched again
+    read = p | "ReadRows" >> ReadRows(plan.layout, ours.image_column, progress_dir)
     decoded = read["rows"] | "DecodeCrops" >> beam.ParDo(
         DecodeCrops(ours.image_column, max_pixels=ours.max_pixels)
     ).with_outputs(ERRORS_TAG, main="crops")
@@ -204,7 +195,7 @@ def build_pipeline(
         threads=ours.threads,
         share_across_processes=ours.share_model_across_processes,
     )
-    encoded = decoded.crops | "EncodeCrops" >> EncodeCrops(handler)
+    encoded = decoded.crops | "EncodeCrops" >> EncodeCrops(handler, ours.image_column)
     errors = (
         read["errors"],
         decoded[ERRORS_TAG],

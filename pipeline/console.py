@@ -23,7 +23,7 @@ from typing import Callable, Optional, TextIO
 from apache_beam.runners.runner import PipelineState
 from tqdm import tqdm
 
-from transforms import USER_LOG
+from transforms import USER_LOG, metrics
 from transforms.progress import read_progress
 
 LOGGER_NAME = USER_LOG.name
@@ -237,6 +237,5 @@ def watch_remote_job(
             job = counters(result)
         except Exception:  # metrics may not be ready yet
             continue
-        errors = sum(v for k, v in job.items() if k.startswith("errors_"))
-        counts = {"features": job.get("rows_encoded", 0), "errors": errors}
+        counts = {"features": job.get(metrics.ROWS_ENCODED, 0), "errors": metrics.error_total(job)}
         log.info("%s", status_line(snapshot(counts, totals, time.monotonic() - started), totals))

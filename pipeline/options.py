@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from model.osnet import ARCHITECTURES
 from transforms.crop_codec import DEFAULT_MAX_PIXELS
 from weights import BUNDLED_WEIGHTS
-
-ARCHITECTURES = ("osnet_ibn_x1_0", "osnet_x1_0", "osnet_x0_75", "osnet_x0_5", "osnet_x0_25")
 
 
 class OsNetOptions(PipelineOptions):
@@ -62,7 +61,7 @@ class OsNetOptions(PipelineOptions):
             "bundled osnet_x0_25 MSMT17 demo weights.",
         )
         group.add_argument(
-            "--arch", default=None, choices=ARCHITECTURES,
+            "--arch", default=None, choices=tuple(ARCHITECTURES),
             help="OSNet architecture; default: inferred from the checkpoint (an explicit one "
             "that contradicts the checkpoint is an error).",
         )

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import metrics
 from transforms.write import ERRORS_PREFIX, FEATURES_PREFIX, shard_prefix
 
 MANIFEST_NAME = "_SUCCESS.json"
@@ -41,6 +42,8 @@ LOCK_NAME = "_LOCK.json"
 TEMP_PREFIX = "beam-temp-"
 MANIFEST_FORMAT = "osnet-beam run manifest"
 MANIFEST_VERSION = 1
+#: The manifest's counts beside the rows read and encoded (named by :mod:`transforms.metrics`).
+ERRORS, ERRORS_BY_REASON = "errors", "errors_by_reason"
 
 csv.field_size_limit(sys.maxsize)
 
@@ -324,7 +327,7 @@ def check_output_dir(output_dir: str, overwrite: bool) -> list[str]:
         shards = len(manifest.get("features", {}).get("shards", []))
         what = (
             f"the output of run {manifest.get('run_id')} (finished {manifest.get('finished')}, "
-            f"{manifest.get('counts', {}).get('rows_encoded', '?')} feature rows in {shards} shard(s))"
+            f"{manifest.get('counts', {}).get(metrics.ROWS_ENCODED, '?')} feature rows in {shards} shard(s))"
         )
     else:
         what = f"files of a run that did not finish: {_preview(names)}"
@@ -434,11 +437,11 @@ def versions() -> dict[str, str]:
 
 def error_limit_exceeded(counts: Mapping[str, int], max_error_fraction: float) -> Optional[str]:
     """Why the run counts as failed (exit status 3), or None: every row failed, or too many did."""
-    read, errors = counts.get("rows_read", 0), counts.get("errors", 0)
+    read, errors = counts.get(metrics.ROWS_READ, 0), counts.get(ERRORS, 0)
     if read == 0:
         return None
     fraction = errors / read
-    if counts.get("rows_encoded", 0) == 0:
+    if counts.get(metrics.ROWS_ENCODED, 0) == 0:
         return f"every row failed ({errors} of {read} are errors)"
     if fraction > max_error_fraction:
         return f"{fraction:.2%} of the rows are errors ({errors} of {read}), over --max_error_fraction {max_error_fraction:g}"
@@ -465,10 +468,10 @@ def finalize_run(shard_paths: Sequence[str], info: Mapping[str, Any]) -> dict:
     encoded = sum(s["rows"] for s in feature_shards)
     errors = sum(s["rows"] for s in error_shards)
     counts = {
-        "rows_read": encoded + errors,
-        "rows_encoded": encoded,
-        "errors": errors,
-        "errors_by_reason": dict(sorted(by_reason.items())),
+        metrics.ROWS_READ: encoded + errors,  # every input row is in exactly one shard
+        metrics.ROWS_ENCODED: encoded,
+        ERRORS: errors,
+        ERRORS_BY_REASON: dict(sorted(by_reason.items())),
     }
     limit = info.get("max_error_fraction", 1.0)
     failed = error_limit_exceeded(counts, limit)
@@ -482,7 +485,7 @@ def finalize_run(shard_paths: Sequence[str], info: Mapping[str, Any]) -> dict:
         "model": {**info["model"], **_resolved_model(info["model"])},
         "options": info["options"],
         "counts": counts,
-        "error_fraction": (errors / counts["rows_read"]) if counts["rows_read"] else 0.0,
+        "error_fraction": (errors / counts[metrics.ROWS_READ]) if counts[metrics.ROWS_READ] else 0.0,
         "max_error_fraction": limit,
         "error_limit_exceeded": failed,
         "features": {

@@ -29,7 +29,8 @@ from pipeline.build import build_pipeline, plan_job
 from pipeline.console import LOG_LEVELS, LocalProgress, Totals, configure_logging, watch_remote_job
 from pipeline.options import OsNetOptions
 from pipeline.validate import OptionError, check_known_args, runs_in_this_process, runs_on_this_machine, wants_no_wait
-from transforms.read import METRICS_NAMESPACE, InputError, input_totals
+from transforms import metrics
+from transforms.read import InputError, input_totals
 
 _LOG = logging.getLogger("osnet-beam")
 EXIT_FAILED, EXIT_REFUSED, EXIT_TOO_MANY_ERRORS = 1, 2, 3
@@ -83,10 +84,10 @@ def job_counters(result: beam.runners.runner.PipelineResult) -> Optional[dict[st
     """The job's counters (committed where the runner has them, else attempted), by name; None
     when the runner reports no metrics."""
     try:
-        metrics = result.metrics()
-        if metrics is None:
+        results = result.metrics()
+        if results is None:
             return None
-        query = metrics.query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+        query = results.query(MetricsFilter().with_namespace(metrics.NAMESPACE))
     except (NotImplementedError, AttributeError):
         return None
     counters: dict[str, int] = {}
@@ -99,20 +100,16 @@ def job_counters(result: beam.runners.runner.PipelineResult) -> Optional[dict[st
 def manifest_counters(manifest: dict) -> dict[str, int]:
     """The counters as the manifest counted them from the shards (every row is in one shard)."""
     counts = manifest["counts"]
-    by_reason = counts.get("errors_by_reason", {})
-    counters = {"rows_read": counts["rows_read"], "rows_encoded": counts["rows_encoded"]}
-    counters["rows_decoded"] = counts["rows_encoded"] + by_reason.get("inference_failed", 0)
-    counters.update({f"errors_{reason}": n for reason, n in by_reason.items()})
-    return counters
+    return metrics.counters_from_counts(counts[metrics.ROWS_ENCODED], counts.get(outputs.ERRORS_BY_REASON, {}))
 
 
 def summary_line(counters: dict[str, int], seconds: float, output: str, note: str = "") -> str:
     """``rows_read=.. encoded=.. errors=.. (reason=n, ...)``: the accounting a user checks."""
-    errors = {k[len("errors_"):]: v for k, v in sorted(counters.items()) if k.startswith("errors_")}
+    errors = metrics.errors_by_reason(counters)
     by_reason = ", ".join(f"{k}={v}" for k, v in errors.items()) or "none"
     return (
-        f"osnet-beam: rows_read={counters.get('rows_read', 0)} "
-        f"decoded={counters.get('rows_decoded', 0)} encoded={counters.get('rows_encoded', 0)} "
+        f"osnet-beam: rows_read={counters.get(metrics.ROWS_READ, 0)} "
+        f"decoded={counters.get(metrics.ROWS_DECODED, 0)} encoded={counters.get(metrics.ROWS_ENCODED, 0)} "
         f"errors={sum(errors.values())} ({by_reason}) in {seconds:.1f}s -> {output}"
         + (f" [{note}]" if note else "")
     )
@@ -258,8 +255,7 @@ def execute(argv: Optional[Sequence[str]] = None) -> Outcome:
     if not counters:
         counters = manifest_counters(manifest)
         note = f"{_runner_name(options)} reports no metrics: counts from the output shards"
-    elif (counters.get("rows_encoded", 0), counters.get("rows_read", 0)) != (
-            manifest["counts"]["rows_encoded"], manifest["counts"]["rows_read"]):
+    elif any(counters.get(name, 0) != manifest["counts"][name] for name in (metrics.ROWS_ENCODED, metrics.ROWS_READ)):
         _LOG.warning("the runner's counters %s differ from the rows in the output shards %s (a retried "
                      "bundle counted twice?); the manifest has the shards' counts", counters, manifest["counts"])
     failure = manifest.get("error_limit_exceeded")

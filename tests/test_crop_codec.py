@@ -210,9 +210,10 @@ def test_error_carries_reason_and_detail_through_pickle() -> None:
     assert isinstance(error.reason, str) and type(error.reason) is str
 
 
-def test_every_reason_is_documented_in_the_module_docstring() -> None:
+def test_every_reason_has_a_meaning() -> None:
+    assert set(reasons.REASONS) == {r.value for r in reasons.Reason}
     for code, meaning in reasons.REASONS.items():
-        assert f"{code:<20} {meaning}" in reasons.__doc__
+        assert meaning.strip() and "\n" not in meaning and "|" not in meaning  # one table cell
         assert reasons.Reason(code) == code and str(reasons.Reason(code)) == code
     assert len(reasons.CELL_REASONS) >= 15
     assert set(reasons.ROW_REASONS) == {"bad_csv_record", "bad_encoding", "bad_column_value", "inference_failed"}

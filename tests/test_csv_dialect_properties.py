@@ -315,7 +315,7 @@ def test_shards_through_the_beam_reader_lose_nothing_and_change_nothing(tmp_path
                 assert (text == "") if value is None else (canonical_text(value) == text), (field, value, text)
 
     with TestPipeline() as p:
-        result = p | ReadRows(pattern, layout, "key")
+        result = p | ReadRows(layout, "key")
         tagged = (result["rows"] | "R" >> beam.Map(lambda r: ("row", r)),
                   result["errors"] | "E" >> beam.Map(lambda e: ("error", e))) | beam.Flatten()
         assert_that(tagged, check)

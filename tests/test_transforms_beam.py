@@ -32,8 +32,13 @@ def test_decode_crops_splits_good_rows_from_each_kind_of_bad_cell(seed_rows):
             | beam.Create(good + bad, reshuffle=False)
             | beam.ParDo(DecodeCrops("feature_vector")).with_outputs(ERRORS_TAG, main="crops")
         )
-        shapes = out.crops | "Shape" >> beam.Map(lambda kv: (kv[0]["file"], kv[1].shape, str(kv[1].dtype)))
-        assert_that(shapes, equal_to([(r["file"], (128, 48, 3), "uint8") for r in good]), label="good")
+        shapes = out.crops | "Shape" >> beam.Map(
+            lambda kv: (kv[0]["file"], list(kv[0]), kv[0]["feature_vector"], kv[1].shape, str(kv[1].dtype))
+        )
+        # the image cell is dropped once decoded (its key keeps its place); the crop rides on
+        assert_that(
+            shapes, equal_to([(r["file"], list(r), None, (128, 48, 3), "uint8") for r in good]), label="good"
+        )
         reasons = out[ERRORS_TAG] | "Reason" >> beam.Map(
             lambda e: (e["row"]["file"], e["reason"], repr(e["row"]["feature_vector"]))
         )
@@ -61,7 +66,7 @@ def test_encode_crops_matches_torchreid_reference(seed_rows, reference_dir):
 
     reference = reference_features(reference_dir, "osnet_x0_25_msmt17")
     rows = seed_rows[:20]
-    keyed = [(r, decode_crop(r["feature_vector"])) for r in rows]
+    keyed = [({**r, "feature_vector": None}, decode_crop(r["feature_vector"])) for r in rows]
     handler = OsNetModelHandler(BUNDLED_WEIGHTS, batch_size=8)
 
     def close_to_reference(pairs):
@@ -71,7 +76,7 @@ def test_encode_crops_matches_torchreid_reference(seed_rows, reference_dir):
             assert cosine(features, reference[row["file"]]) >= 0.99999
 
     with TestPipeline() as p:
-        encoded = p | beam.Create(keyed) | EncodeCrops(handler)
+        encoded = p | beam.Create(keyed) | EncodeCrops(handler, "feature_vector")
         assert_that(encoded["features"], close_to_reference, label="features")
         assert_that(encoded[ERRORS_TAG], equal_to([]), label="no errors")
 
@@ -84,18 +89,36 @@ def test_a_batch_the_model_fails_on_becomes_error_rows(seed_rows):
             raise RuntimeError("CUDA out of memory (simulated)")
 
     rows = seed_rows[:3]
+    decoded = [({**r, "feature_vector": None}, decode_crop(r["feature_vector"])) for r in rows]
     with TestPipeline() as p:
         encoded = (
             p
-            | beam.Create([(r, decode_crop(r["feature_vector"])) for r in rows])
-            | EncodeCrops(Failing(BUNDLED_WEIGHTS, batch_size=4))
+            | beam.Create(decoded)
+            | EncodeCrops(Failing(BUNDLED_WEIGHTS, batch_size=4), "feature_vector")
         )
         assert_that(encoded["features"], equal_to([]), label="no features")
+        # the error row is the original row: every column, in order, the image cell included
         assert_that(
-            encoded[ERRORS_TAG] | beam.Map(lambda e: (e["reason"], e["row"]["file"], "simulated" in e["detail"])),
-            equal_to([("inference_failed", r["file"], True) for r in rows]),
+            encoded[ERRORS_TAG] | beam.Map(lambda e: (e["reason"], list(e["row"].items()), "simulated" in e["detail"])),
+            equal_to([("inference_failed", list(r.items()), True) for r in rows]),
             label="errors",
         )
+
+
+def test_restored_cell_has_the_same_pixels_whatever_wrote_it(seed_rows):
+    """A cell the producer did not write (another zlib level, spaces) comes back pixel-identical."""
+    import zlib
+
+    from transforms.crop_codec import decode_crop
+    from transforms.decode import restore_image_cell
+
+    crop = decode_crop(seed_rows[0]["feature_vector"])
+    height, width, colors = crop.shape
+    other = f"{{ 'image': '{zlib.compress(crop.tobytes(), 9).hex()}', 'width': {width}, 'height': {height}, 'colors': {colors} }}"
+    decoded = decode_crop(other)
+    restored = restore_image_cell({"a": 1, "img": None, "b": 2}, "img", decoded)
+    assert list(restored) == ["a", "img", "b"] and (restored["a"], restored["b"]) == (1, 2)
+    assert np.array_equal(decode_crop(restored["img"]), crop)
 
 
 @pytest.mark.parametrize(

@@ -33,8 +33,8 @@ from transforms.reasons import Reason
 
 DEFAULT_MAX_PIXELS = 2048 * 2048
 """4.2 Mpixel: a whole person at full height in a 4K frame (about 2160 x 1000) fits; the model
-resizes to 256 x 128, so larger crops are a producer bug or an attack. At 4 channels the
-pixel buffer is at most 16 MiB."""
+resizes every crop to its small input size (``model.preprocess.INPUT_SIZE``), so larger crops
+are a producer bug or an attack. At 4 channels the pixel buffer is at most 16 MiB."""
 
 VALID_COLORS = frozenset((1, 3, 4))
 KEYS = ("width", "height", "colors", "image")

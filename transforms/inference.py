@@ -30,7 +30,8 @@ from model import OsNetEncoder
 from model.backends import planned_batch_size
 from model.preprocess import resize_batch
 from transforms.errors import ERRORS_TAG, error_record
-from transforms.read import METRICS_NAMESPACE
+from transforms import metrics
+from transforms.decode import restore_image_cell
 from transforms.reasons import Reason
 
 _LOG = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, OsNetEncoder]):
         return sum(int(crop.nbytes) for crop in batch)
 
     def get_metrics_namespace(self) -> str:
-        return METRICS_NAMESPACE
+        return metrics.NAMESPACE
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
         """Batches of exactly the encoder's batch size (the last one of a bundle excepted): one
@@ -163,7 +164,7 @@ class _ToFeatures(beam.DoFn):
     """``(row, PredictionResult)`` to ``(row, features)``, counted."""
 
     def setup(self) -> None:
-        self._encoded = Metrics.counter(METRICS_NAMESPACE, "rows_encoded")
+        self._encoded = Metrics.counter(metrics.NAMESPACE, metrics.ROWS_ENCODED)
 
     def process(self, keyed: tuple[Mapping[str, Any], PredictionResult]) -> Iterator[Any]:
         row, result = keyed
@@ -171,24 +172,29 @@ class _ToFeatures(beam.DoFn):
         yield row, np.asarray(result.inference, dtype=np.float32)
 
 
-def _failed_batch_to_errors(failure: tuple[Sequence[Any], BaseException]) -> Iterator[dict]:
+def _failed_batch_to_errors(failure: tuple[Sequence[Any], BaseException], image_column: str) -> Iterator[dict]:
     batch, exception = failure
     detail = f"model failed on a batch of {len(batch)}: {type(exception).__name__}: {exception}"
-    counter = Metrics.counter(METRICS_NAMESPACE, f"errors_{Reason.INFERENCE_FAILED.value}")
-    for row, _crop in batch:
+    counter = Metrics.counter(metrics.NAMESPACE, metrics.error_counter(Reason.INFERENCE_FAILED))
+    for row, crop in batch:
         counter.inc()
+        # the decode step dropped the cell; the error output promises it, so it is written back
+        row = restore_image_cell(row, image_column, crop)
         yield error_record(Reason.INFERENCE_FAILED.value, detail, row=row)
 
 
 class EncodeCrops(beam.PTransform):
     """``(row, crop)`` to ``(row, features)`` with RunInference; model failures become errors.
 
+    ``row`` comes from :class:`transforms.decode.DecodeCrops` without its image cell; the error
+    record of a row the model failed on has the cell back (``image_column``), from the crop.
     Expands to a dict with ``features`` and ``errors``.
     """
 
-    def __init__(self, handler: OsNetModelHandler):
+    def __init__(self, handler: OsNetModelHandler, image_column: str):
         super().__init__()
         self._handler = handler
+        self._image_column = image_column
 
     def expand(self, crops: beam.PCollection) -> dict[str, beam.PCollection]:
         predictions, failures = crops | "RunInference" >> RunInference(
@@ -196,6 +202,6 @@ class EncodeCrops(beam.PTransform):
         ).with_exception_handling()
         features = predictions | "Features" >> beam.ParDo(_ToFeatures())
         errors = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
-            _failed_batch_to_errors
+            _failed_batch_to_errors, self._image_column
         )
         return {"features": features, ERRORS_TAG: errors}

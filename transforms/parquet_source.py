@@ -36,9 +36,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 
-from transforms import USER_LOG
+from transforms import USER_LOG, metrics
 
 _LOG = logging.getLogger(__name__)
 
@@ -396,6 +397,7 @@ class _ReadRowRange(beam.DoFn):
 
     def __init__(self, schema: pa.Schema):
         self._schema = schema
+        self._read = Metrics.counter(metrics.NAMESPACE, metrics.ROWS_READ)
 
     def process(
         self,
@@ -410,6 +412,7 @@ class _ReadRowRange(beam.DoFn):
                     if not tracker.try_claim(position + offset):
                         return
                     count += 1
+                    self._read.inc()
                     yield row
         finally:
             _LOG.info(

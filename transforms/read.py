@@ -21,7 +21,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms import USER_LOG, csv_records, parquet_source
+from transforms import USER_LOG, csv_records, metrics, parquet_source
 from transforms.csv_source import CsvFilePlan, RawRecord, ReadCsvRecords, binary_stream
 from transforms.csv_source import is_compressed, parse_raw_record, plan_csv_files
 from transforms.progress import ProgressWriter
@@ -30,7 +30,6 @@ from transforms.errors import ERRORS_TAG, error_record
 from transforms.reasons import Reason
 
 _LOG = logging.getLogger(__name__)
-METRICS_NAMESPACE = "osnet"
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 #: How many CSV records of each file (at most) decide the pass-through column types.
@@ -215,7 +214,8 @@ class ParseCsvRecords(beam.DoFn):
         self._dialect = dialect
 
     def setup(self) -> None:
-        self._rows = Metrics.counter(METRICS_NAMESPACE, "rows_read")
+        # every record, parsed or not: a broken one never reaches the decode step
+        self._rows = Metrics.counter(metrics.NAMESPACE, metrics.ROWS_READ)
         self._parsed = 0
         self._dialects: dict[str, csv_records.CsvDialect] = {}  # the delimiter, per file
         self._progress = ProgressWriter.for_directory(self._progress_dir) if self._progress_dir else None
@@ -225,8 +225,7 @@ class ParseCsvRecords(beam.DoFn):
         _LOG.info("csv records parsed by process %d: %d", os.getpid(), self._parsed)
 
     def _error(self, reason: str, detail: str, raw_bytes: Optional[bytes] = None, **where: Any) -> Any:
-        self._rows.inc()
-        Metrics.counter(METRICS_NAMESPACE, f"errors_{reason}").inc()
+        Metrics.counter(metrics.NAMESPACE, metrics.error_counter(reason)).inc()
         record = error_record(reason, detail, **where)
         if raw_bytes is not None:  # the record's bytes exactly, where they are not valid text
             record["raw_base64"] = base64.b64encode(raw_bytes).decode("ascii")
@@ -243,6 +242,7 @@ class ParseCsvRecords(beam.DoFn):
         if parsed is None:
             return
         self._parsed += 1
+        self._rows.inc()
         line = parsed.line_number
         if isinstance(parsed, csv_records.BrokenRecord):
             yield self._error(
@@ -259,6 +259,9 @@ class ParseCsvRecords(beam.DoFn):
 class ReadRows(beam.PTransform):
     """Rows of the input as dicts (column -> value); CSV records that do not parse as errors.
 
+    Reads exactly the files of ``layout`` (matched and checked at planning; the glob is not matched
+    again): the Parquet shards' plans and the CSV files' plans travel with the job.
+
     Expands to a tagged result with ``rows`` and ``errors``. Parquet goes through
     :class:`transforms.parquet_source.ReadParquetRows` (streamed in small batches, split by row
     range, also inside a row group); CSV through :mod:`transforms.csv_source` (split by byte
@@ -266,11 +269,8 @@ class ReadRows(beam.PTransform):
     error row, not a failed job.
     """
 
-    def __init__(
-        self, pattern: str, layout: InputLayout, image_column: str, progress_dir: Optional[str] = None
-    ):
+    def __init__(self, layout: InputLayout, image_column: str, progress_dir: Optional[str] = None):
         super().__init__()
-        self._pattern = pattern
         self._progress_dir = progress_dir
         self._layout = layout
         self._image_column = image_column

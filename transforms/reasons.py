@@ -4,38 +4,10 @@ A code is a short snake_case string that goes into the ``reason`` field of an er
 Codes are part of the output format: downstream tooling filters and counts on them, so a code
 is never renamed or reused for another meaning; new codes may be added.
 
-Cell-level codes (raised by :func:`transforms.crop_codec.decode_crop`, roughly in the order
-the checks run, cheapest first):
-
-==================== =====================================================================
-code                 meaning
-==================== =====================================================================
-not_a_string         the cell is not text (int, list, dict, ...); bytes are accepted as ASCII
-cell_too_large       the cell is longer than max_cell_chars; checked before any parsing
-empty_cell           the cell is empty, whitespace only, None or NaN (a missing value)
-malformed_literal    not exactly a flat dict literal of scalars: code, nesting, junk, bad bytes
-duplicate_key        a key appears twice in the dict literal
-unexpected_key       a key other than width, height, colors, image
-missing_key          one of width, height, colors, image is absent
-bad_dimension_type   width, height or colors is not an int literal (str, float, bool, None)
-bad_dimension        width or height is zero or negative
-bad_colors           colors is not 1, 3 or 4 (0 and negatives included)
-too_many_pixels      width * height is over max_pixels (or a dimension is absurdly long)
-bad_image_type       the image value is not a string literal
-bad_hex              the image string has odd length or a non-hex character
-bad_zlib             the image bytes are not a complete zlib stream (corrupt or truncated)
-trailing_data        bytes follow the end of the zlib stream
-size_mismatch        inflated size differs from width * height * colors (shorter or longer)
-==================== =====================================================================
-
-Row-level codes used by the pipeline (not raised by the codec):
-
-==================== =====================================================================
-bad_csv_record       a CSV record could not be parsed; the error record carries raw_line
-bad_encoding         a CSV record's bytes are not valid in --encoding; raw_base64 holds them exactly
-bad_column_value     a non-image column's value does not fit the column's type
-inference_failed     the model raised on the batch this row was in
-==================== =====================================================================
+Every code's one-line meaning is in :data:`CELL_REASONS` (the codes
+:func:`transforms.crop_codec.decode_crop` raises, roughly in the order the checks run, cheapest
+first) and :data:`ROW_REASONS` (the codes the pipeline itself writes); the README's table is
+generated from them (``tests/test_readme_facts.py`` checks it), so a meaning is written here only.
 """
 from __future__ import annotations
 
@@ -73,7 +45,7 @@ class Reason(str, Enum):
 
 CELL_REASONS: dict[str, str] = {
     Reason.NOT_A_STRING.value: "the cell is not text (int, list, dict, ...); bytes are accepted as ASCII",
-    Reason.CELL_TOO_LARGE.value: "the cell is longer than max_cell_chars; checked before any parsing",
+    Reason.CELL_TOO_LARGE.value: "the cell is longer than the longest valid cell for `--max_pixels`; checked before any parsing",
     Reason.EMPTY_CELL.value: "the cell is empty, whitespace only, None or NaN (a missing value)",
     Reason.MALFORMED_LITERAL.value: "not exactly a flat dict literal of scalars: code, nesting, junk, bad bytes",
     Reason.DUPLICATE_KEY.value: "a key appears twice in the dict literal",
@@ -82,20 +54,28 @@ CELL_REASONS: dict[str, str] = {
     Reason.BAD_DIMENSION_TYPE.value: "width, height or colors is not an int literal (str, float, bool, None)",
     Reason.BAD_DIMENSION.value: "width or height is zero or negative",
     Reason.BAD_COLORS.value: "colors is not 1, 3 or 4 (0 and negatives included)",
-    Reason.TOO_MANY_PIXELS.value: "width * height is over max_pixels (or a dimension is absurdly long)",
+    Reason.TOO_MANY_PIXELS.value: "width x height is over `--max_pixels` (or a dimension is absurdly long)",
     Reason.BAD_IMAGE_TYPE.value: "the image value is not a string literal",
     Reason.BAD_HEX.value: "the image string has odd length or a non-hex character",
     Reason.BAD_ZLIB.value: "the image bytes are not a complete zlib stream (corrupt or truncated)",
     Reason.TRAILING_DATA.value: "bytes follow the end of the zlib stream",
-    Reason.SIZE_MISMATCH.value: "inflated size differs from width * height * colors (shorter or longer)",
+    Reason.SIZE_MISMATCH.value: "inflated size differs from width x height x colors (shorter or longer)",
 }
 """Codes :func:`transforms.crop_codec.decode_crop` can raise, with their one-line meaning."""
 
 ROW_REASONS: dict[str, str] = {
-    Reason.BAD_CSV_RECORD.value: "a CSV record could not be parsed; the error record carries raw_line",
-    Reason.BAD_ENCODING.value: "a CSV record's bytes are not valid in --encoding; raw_base64 holds them exactly",
-    Reason.BAD_COLUMN_VALUE.value: "a non-image column's value does not fit the column's type",
-    Reason.INFERENCE_FAILED.value: "the model raised on the batch this row was in",
+    Reason.BAD_CSV_RECORD.value: (
+        "a CSV record could not be parsed (unclosed quote, wrong field count); the error carries `raw_line`"
+    ),
+    Reason.BAD_ENCODING.value: (
+        "a CSV record's bytes are not valid in `--encoding`; the error carries `raw_base64` (the bytes "
+        "exactly) and `raw_line` (shown with replacement characters)"
+    ),
+    Reason.BAD_COLUMN_VALUE.value: (
+        "a CSV pass-through value past every file's type sample does not fit its column's type (e.g. text "
+        "in an int column)"
+    ),
+    Reason.INFERENCE_FAILED.value: "the model raised on the batch this row was in (e.g. out of GPU memory)",
 }
 """Codes the pipeline itself writes into error records."""
 
