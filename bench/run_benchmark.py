@@ -276,7 +276,8 @@ def child_loop(spec: dict) -> dict:
 
 def make_backend(module: Any, variant: str, threads: Optional[int]) -> Any:
     """A model-only variant of :data:`BACKEND_VARIANTS` on CPU."""
-    from model.backends import OnnxRuntimeBackend, create_backend
+    from model.runtimes import create_backend
+    from model.runtimes.onnx_runtime import OnnxRuntimeBackend
 
     if variant == "onnxruntime_noflush":
         return OnnxRuntimeBackend(module, "cpu", threads, flush_denormals=False)
@@ -290,7 +291,7 @@ def child_model(spec: dict) -> dict:
     precision also the cosine of its features to ONNX Runtime fp32's on the same images."""
     import numpy as np
 
-    from model.backends import create_backend
+    from model.runtimes import create_backend
     from model.checkpoint import load_osnet
     from model.preprocess import preprocess_batch
 
@@ -349,7 +350,7 @@ def child_stages(spec: dict) -> dict:
     preprocess_s = (time.perf_counter() - started) / len(crops)
     # The same preprocessing as the CPU backends now run it: crop by crop on their worker threads
     # (one per core; here without the network, so wall time per crop over every core).
-    from model.backends import _default_threads, _map_crops, _network_pool
+    from model.runtimes.cpu import default_threads as _default_threads, map_crops as _map_crops, network_pool as _network_pool
 
     pool = _network_pool(_default_threads(), "bench-preprocess")
     one = lambda crop: np.zeros((1, 512), np.float32) + preprocess_batch([crop])[0, 0, 0, 0]  # noqa: E731
@@ -651,7 +652,7 @@ def bench_models(args: argparse.Namespace, shared: Optional[Path], workdir: Path
 def run_bench(args: argparse.Namespace, shared: Optional[Path], workdir: Path) -> dict[str, dict[str, Any]]:
     """Every model of :func:`bench_models`, one after the other; within a model the repeats of its
     modes are interleaved. Returns {model name: summary}."""
-    from model.backends import cpu_supports_bf16
+    from model.policy import cpu_supports_bf16
 
     seeds, source = seed_rows(shared)
     n_table = max(args.e2e_rows, args.loop_crops, args.model_images, args.stage_rows)

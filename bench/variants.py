@@ -58,7 +58,7 @@ E2E_MARKER = "@@VARIANT@@ "
 
 
 def fused_normalize_batch(pixels, mean=None, std=None):
-    """model.preprocess.normalize_batch with the normalisation fused into one multiply-add per
+    """model.preprocess.standardize_batch with the standardisation fused into one multiply-add per
     channel (values differ by up to 5e-7: the folded constants round differently)."""
     import numpy as np
 
@@ -98,12 +98,16 @@ def apply(variant: str) -> None:
     """Patch ``model`` in this process for ``variant``."""
     import numpy as np
 
-    import model.backends as mb
-    import model.encoder as me
+    import model.engine as me
+    import model.runtimes.onnx_runtime as mo
+    from model.runtimes.cpu import default_threads
 
     parts = set(variant.split("_"))
+    if "overlap" in parts:
+        raise ValueError("overlap: the pipeline's FeatureEngine has no prefetcher; overlap_preprocessing "
+                         "is the OsNetEncoder facade's option (its last figures are in bench/README.md)")
     if "fused" in parts:
-        me.normalize_batch = fused_normalize_batch
+        me.standardize_batch = fused_normalize_batch
     if "nospin" in parts:
         import onnxruntime as ort
 
@@ -117,39 +121,34 @@ def apply(variant: str) -> None:
     par = [p for p in parts if re.fullmatch(r"par\d+", p)]
     if par:
         sub = int(par[0][3:])
-        create = mb.create_backend
+        def parallel_backend(module, plan, threads=None):
+            inner = mo.OnnxRuntimeBackend(module, "cpu", threads=1)
+            return ThreadParallelOrt(inner, threads or default_threads(), sub)
 
-        def parallel_backend(module, backend="auto", device="auto", precision="fp32", threads=None):
-            inner = create(module, "onnxruntime", "cpu", precision, threads=1)
-            return ThreadParallelOrt(inner, threads or mb._default_threads(), sub)
-
-        me.create_backend = parallel_backend
-    if "inpool" in parts or "overlap" in parts:
-        # both change OsNetEncoder.encode_batch, which the handler no longer calls since it
-        # resizes in the worker and calls encode_pixels (commit bfd2fdf): route it back there
+        me.runtime_for = parallel_backend
+    if "inpool" in parts:
+        # changes FeatureEngine.encode_crops, which the handler calls only where the runtime
+        # preprocesses in its own threads: route every batch there
         from transforms import inference
 
         def run_inference(self, batch, model, inference_args=None):
-            features = model.encode_batch(list(batch))
+            features = model.encode_crops(list(batch))
             return [inference.PredictionResult(crop, vector) for crop, vector in zip(batch, features)]
 
         inference.OsNetModelHandler.run_inference = run_inference
     if "inpool" in parts:  # with par1: each worker thread resizes its crop, then runs it
-        def encode_batch(self, crops):
+        def encode_crops(self, crops):
             crops = list(crops)
-            backend = self.backend
+            backend = self.runtime
             if not isinstance(backend, ThreadParallelOrt):
                 raise ValueError("inpool needs a par1 backend")
 
             def one(crop):
-                return backend.inner(self._prepare([crop]))
+                return backend.inner(self._network_input_of_one(crop))
 
-            out = np.concatenate(list(backend.pool.map(one, crops))) if crops else np.empty((0, 512), np.float32)
-            if self.normalize:
-                out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
-            return out
+            return np.concatenate(list(backend.pool.map(one, crops))) if crops else np.empty((0, 512), np.float32)
 
-        me.OsNetEncoder.encode_batch = encode_batch
+        me.FeatureEngine.encode_crops = encode_crops
     if "full" in parts:  # RunInference batches of exactly --batch_size rows (BatchElements min = max)
         from transforms import inference
 
@@ -158,14 +157,6 @@ def apply(variant: str) -> None:
             return {"min_batch_size": size, "max_batch_size": size}  # what the code does since R4
 
         inference.OsNetModelHandler.batch_elements_kwargs = batch_elements_kwargs
-    if "overlap" in parts:  # the encoder's helper thread resizes chunk i+1 while chunk i runs (CUDA's default)
-        original_init = me.OsNetEncoder.__init__
-
-        def init(self, *args, **kwargs):
-            kwargs["overlap_preprocessing"] = True
-            original_init(self, *args, **kwargs)
-
-        me.OsNetEncoder.__init__ = init
     if "callerresize" in parts:
         from transforms import inference
 
@@ -175,13 +166,13 @@ def apply(variant: str) -> None:
 
         inference.OsNetModelHandler.run_inference = run_inference
     if "noflush" in parts:
-        original_ort = mb.OnnxRuntimeBackend.__init__
+        original_ort = mo.OnnxRuntimeBackend.__init__
 
         def ort_init(self, *args, **kwargs):
             kwargs["flush_denormals"] = False
             original_ort(self, *args, **kwargs)
 
-        mb.OnnxRuntimeBackend.__init__ = ort_init
+        mo.OnnxRuntimeBackend.__init__ = ort_init
     if "null" in parts:
         class Null:
             name, device = "onnxruntime", "cpu"
@@ -189,7 +180,7 @@ def apply(variant: str) -> None:
             def __call__(self, batch):
                 return np.zeros((len(batch), 512), np.float32)
 
-        me.create_backend = lambda *args, **kwargs: Null()
+        me.runtime_for = lambda *args, **kwargs: Null()
 
 
 def child_e2e(variant: str, spec: dict) -> None:
@@ -209,13 +200,13 @@ def openvino_schemes(module, cores: int) -> dict:
         return {}
     import numpy as np
 
-    from model.backends import _export_onnx
+    from model.export import export_onnx
 
     core = ov.Core()
     fp32 = {"INFERENCE_PRECISION_HINT": "f32"}  # its default on AVX512-BF16 CPUs is bf16: 1.7x, not the same features
     with tempfile.TemporaryDirectory(prefix="osnet-ov-") as folder:
         path = Path(folder) / "osnet.onnx"
-        path.write_bytes(_export_onnx(module))
+        path.write_bytes(export_onnx(module))
         latency = core.compile_model(core.read_model(str(path)), "CPU", {"PERFORMANCE_HINT": "LATENCY", **fp32})
         single = core.read_model(str(path))
     single.reshape([1, 3, 256, 128])
@@ -244,7 +235,8 @@ def child_model(spec: dict) -> None:
     used before R1 is in bench/results/variants_model.json.)"""
     import numpy as np
 
-    from model.backends import OnnxRuntimeBackend, _default_threads
+    from model.runtimes.cpu import default_threads as _default_threads
+    from model.runtimes.onnx_runtime import OnnxRuntimeBackend
     from model.checkpoint import load_osnet
     from model.preprocess import preprocess_batch
 
