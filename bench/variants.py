@@ -19,7 +19,8 @@ Variants (combine with ``_``, e.g. ``fused_par1``):
 - ``nospin``: ORT's intra-op threads do not spin-wait between calls (the code's default since
   commit c4db95f: then the same as ``base``).
 - ``overlap``: the encoder's ``overlap_preprocessing`` (a helper thread resizes the next chunk while
-  the network runs the current one; on by default on CUDA only) turned on for CPU.
+  the network runs the current one; on by default on CUDA only) turned on for CPU. Refused since
+  the pipeline runs ``FeatureEngine``, which has no prefetcher (it is ``OsNetEncoder``'s option).
 - ``inpool`` (with ``par1``): each of those threads also resizes its own crop before running it,
   so resizing runs on both cores, between inferences, instead of on the pipeline's thread.
 - ``full``: RunInference batches of exactly ``--batch_size`` rows (``BatchElements``' minimum set to

@@ -33,7 +33,7 @@ __all__ = [
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "fp16", "bf16")
 
-# Batch sizes chosen by measurement (bench/README.md: the "model only" rows, R4, "GPU"). On CPU, eager
+# Batch sizes chosen by measurement (bench/README.md: "Latest figures", "Findings", "GPU"). On CPU, eager
 # torch is fastest at small batches, while the thread-pooled runtimes are flat from 8 up and a
 # larger batch leaves their threads idle less often. On a GPU large batches amortise kernel
 # launches and, with several SDK processes per GPU, the switches between their contexts.

@@ -129,7 +129,7 @@ def standardize_batch(
     values are bit-identical to it (three correctly rounded operations per value); computed in
     place per channel plane: no temporaries, no transpose copy. Folding it into one
     multiply-add would be faster, but it rounds differently, and a random-weight x1.0 network
-    amplifies that (bench/README.md, R2).
+    amplifies that (bench/README.md, "Findings").
     """
     mean_arr, std_arr = _check_standardization(mean, std)
     count, height, width, _ = check_pixels(pixels).shape

@@ -30,7 +30,7 @@ class OnnxRuntimeBackend:
     ``InferenceSession.run`` releases the GIL). OSNet's operators are small (depthwise and 1x1
     convolutions on small maps), so splitting one image over an intra-op pool pays a
     synchronisation per operator, while independent images keep every core busy without one,
-    with identical features (bench/README.md, R1). On CUDA the whole batch is one run. Several
+    with identical features (bench/README.md, "Findings"). On CUDA the whole batch is one run. Several
     processes on one machine should split the cores between them via ``threads``.
     """
 
