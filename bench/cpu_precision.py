@@ -61,7 +61,9 @@ def zero_denormal_weights(module):
 def measure(stem: str, shared: Path, repeats: int) -> dict:
     import numpy as np
 
-    from model.backends import OnnxRuntimeBackend, cpu_supports_bf16, create_backend
+    from model.policy import cpu_supports_bf16
+    from model.runtimes import create_backend
+    from model.runtimes.onnx_runtime import OnnxRuntimeBackend
     from model.checkpoint import load_osnet
     from model.preprocess import preprocess_batch
     from testkit.reference import cross_camera_retrieval, load_reference, read_labels, row_cosine

@@ -10,7 +10,7 @@ Three sections, each its own result in ``--out`` (default bench/results/gpu_late
 - ``parity``: the 198 real crops of ``../shared`` through ``OsNetEncoder`` on the GPU in fp32,
   fp16 and bf16, for every checkpoint there: fp32 against torchreid's own features (cosine,
   max |diff|), fp16/bf16 against fp32, cross-camera rank-1/mAP per precision; and whether the
-  on-device normalisation equals :func:`model.preprocess.normalize_batch` bit for bit.
+  on-device normalisation equals :func:`model.preprocess.standardize_batch` bit for bit.
 - ``model``: the network alone (osnet_ibn_x1_0) per precision and batch size, three ways:
   ``pixels`` (resized uint8 from host memory, normalised on the GPU: what the pipeline does),
   ``float32`` (a normalised float32 batch from host memory: four times the bytes) and
@@ -106,7 +106,7 @@ def run_parity(shared: Optional[Path], device: str, batch_size: int) -> dict[str
     import numpy as np
 
     from model import OsNetEncoder
-    from model.preprocess import normalize_batch, resize_batch
+    from model.preprocess import standardize_batch, resize_batch
     from testkit.reference import cross_camera_retrieval, row_cosine
 
     if shared is None:
@@ -145,9 +145,9 @@ def run_parity(shared: Optional[Path], device: str, batch_size: int) -> dict[str
             per_precision[precision] = entry
             if precision == "fp32" and stem == "osnet_x0_25_msmt17":
                 pixels = resize_batch(ordered)
-                on_device = encoder.backend.normalize_pixels(pixels, encoder.norm_mean, encoder.norm_std)
+                on_device = encoder.backend.standardize_pixels(pixels, encoder.norm_mean, encoder.norm_std)
                 result["device_normalisation_bit_identical"] = bool(
-                    np.array_equal(on_device.cpu().numpy(), normalize_batch(pixels, encoder.norm_mean, encoder.norm_std))
+                    np.array_equal(on_device.cpu().numpy(), standardize_batch(pixels, encoder.norm_mean, encoder.norm_std))
                 )
         reference_rank1 = cross_camera_retrieval(reference, ordered_files, labels)
         result["checkpoints"][stem] = {"torchreid_rank1_mAP": reference_rank1, **per_precision}
@@ -184,7 +184,7 @@ def run_model(crops: list, weights: str, device: str, precisions: Sequence[str],
     import torch
 
     from model import create_backend, load_osnet
-    from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_batch, resize_batch
+    from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, standardize_batch, resize_batch
 
     module = load_osnet(weights, MODEL_ARCH)
     largest = max(batch_sizes)
@@ -203,9 +203,9 @@ def run_model(crops: list, weights: str, device: str, precisions: Sequence[str],
             if precision != all_paths_for:
                 log(f"  model {precision} batch {size}: pixels {per_path['pixels'][str(size)]['median']:.0f} img/s")
                 continue
-            floats = [normalize_batch(b) for b in batches]
+            floats = [standardize_batch(b) for b in batches]
             per_path["float32"][str(size)] = timed_rate(lambda i: backend(floats[i]), size, min_seconds, repeats, rotate)
-            resident = [backend.normalize_pixels(b, IMAGENET_MEAN, IMAGENET_STD) for b in batches]
+            resident = [backend.standardize_pixels(b, IMAGENET_MEAN, IMAGENET_STD) for b in batches]
 
             def network(i: int) -> None:
                 with torch.inference_mode():
@@ -249,7 +249,7 @@ def run_e2e(args: argparse.Namespace, seeds: list[list[Any]], weights: str, work
             progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """The e2e runs; ``progress`` gets the section's result after each run (a killed benchmark
     keeps the runs it finished)."""
-    from model.backends import planned_batch_size
+    from model.policy import plan_here
 
     shard_rows = args.shard_rows
     configs = [parse_config(text) for text in args.e2e_configs]
@@ -295,7 +295,7 @@ def run_e2e(args: argparse.Namespace, seeds: list[list[Any]], weights: str, work
         outcome["all_rows_encoded"] = outcome["rows_encoded"] == rows and outcome["counters"].get("rows_encoded") == rows
         runs[label] = {**outcome, "wall_s_measured": measured["wall_s"], "peak_rss_mb": measured["peak_rss_mb"],
                        "processes": workers, "shared_model": shared_model,
-                       "batch_size": batch_size or planned_batch_size("auto", args.e2e_device, args.e2e_precision)}
+                       "batch_size": batch_size or plan_here("auto", args.e2e_device, args.e2e_precision).batch_size}
         log(f"  e2e {label} processes: {rows} rows, central {outcome['central_rows_per_s'] or 0:.0f} rows/s, "
             f"first-to-last {outcome['steady_rows_per_s'] or 0:.0f} rows/s, start-up {outcome['startup_s'] or 0:.1f}s, "
             f"wall {measured['wall_s']:.1f}s, all rows: {outcome['all_rows_encoded']}")
@@ -368,7 +368,7 @@ def markdown(result: dict[str, Any]) -> str:
                     lines.append(f"| {stem} | {precision} | {vs32} | {v['cosine_vs_torchreid_min']:.6f} | "
                                  f"{v['max_abs_diff_vs_torchreid']:.1e} | {v['rank1']:.3f} / {v['mAP']:.3f} |")
         identical = result["parity"].get("device_normalisation_bit_identical")
-        lines += ["", f"On-device normalisation equal bit for bit to `normalize_batch`: {identical}.", ""]
+        lines += ["", f"On-device normalisation equal bit for bit to `standardize_batch`: {identical}.", ""]
     model = result.get("model", {}).get("img_per_s", {})
     if model:
         sizes = sorted({int(s) for per in model.values() for s in per["pixels"]})
@@ -441,9 +441,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from model.backends import planned_batch_size, resolve_device
+    from model.policy import plan_here
 
-    device = resolve_device(args.device)
+    device = plan_here(device=args.device).device
     shared = find_shared(args.shared)
     out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="osnet-gpu-bench-")) if args.tiny else DEFAULT_OUT)
     out.mkdir(parents=True, exist_ok=True)
@@ -454,7 +454,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "args": vars(args), "machine": machine_info(), "device_info": device_info(device),
         "git": git_revision(), "shared": str(shared) if shared else None,
     }}
-    pipeline_batch = planned_batch_size("auto", args.e2e_device, args.e2e_precision)
+    pipeline_batch = plan_here("auto", args.e2e_device, args.e2e_precision).batch_size
     log(f"device {result['meta']['device_info']}; results to {out}; temporary files in {workdir}")
 
     def save() -> None:

@@ -85,7 +85,8 @@ def child_loop(spec: dict) -> dict:
 
 def make_backend(module: Any, variant: str, threads: Optional[int]) -> Any:
     """A model-only variant of :data:`BACKEND_VARIANTS` on CPU."""
-    from model.backends import OnnxRuntimeBackend, create_backend
+    from model.runtimes import create_backend
+    from model.runtimes.onnx_runtime import OnnxRuntimeBackend
 
     if variant == "onnxruntime_noflush":
         return OnnxRuntimeBackend(module, "cpu", threads, flush_denormals=False)
@@ -99,7 +100,7 @@ def child_model(spec: dict) -> dict:
     precision also the cosine of its features to ONNX Runtime fp32's on the same images."""
     import numpy as np
 
-    from model.backends import create_backend
+    from model.runtimes import create_backend
     from model.checkpoint import load_osnet
     from model.preprocess import preprocess_batch
 
@@ -159,18 +160,18 @@ def child_stages(spec: dict) -> dict:
     preprocess_s = (time.perf_counter() - started) / len(crops)
     # The same preprocessing as the CPU backends now run it: crop by crop on their worker threads
     # (one per core; here without the network, so wall time per crop over every core).
-    from model.backends import _default_threads, _map_crops, _network_pool
+    from model.runtimes.cpu import default_threads, map_crops, network_pool
 
-    pool = _network_pool(_default_threads(), "bench-preprocess")
+    pool = network_pool(default_threads(), "bench-preprocess")
     one = lambda crop: np.zeros((1, 512), np.float32) + preprocess_batch([crop])[0, 0, 0, 0]  # noqa: E731
-    _map_crops(pool, one, crops[:8])
+    map_crops(pool, one, crops[:8])
     started = time.perf_counter()
-    _map_crops(pool, one, crops)
+    map_crops(pool, one, crops)
     pooled_s = (time.perf_counter() - started) / len(crops)
     pool.shutdown()
     return {"rows": len(records), "csv_parse_ms_per_row": csv_s * 1e3, "decode_ms_per_row": decode_s * 1e3,
             "preprocess_ms_per_crop": preprocess_s * 1e3, "preprocess_in_worker_threads_wall_ms_per_crop": pooled_s * 1e3,
-            "worker_threads": _default_threads(), **rusage()}
+            "worker_threads": default_threads(), **rusage()}
 
 
 

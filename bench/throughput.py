@@ -31,7 +31,7 @@ def run_bench(args: argparse.Namespace, shared: Optional[Path], workdir: Path,
     repeats of its modes are interleaved. ``baseline`` (from :func:`bench.baseline.checkout`): the
     model-only and end-to-end children run from both trees, their order swapped every repeat.
     Returns {model name: summary}."""
-    from model.backends import cpu_supports_bf16
+    from model.policy import cpu_supports_bf16
 
     seeds, source = seed_rows(shared)
     n_table = max(args.e2e_rows, args.loop_crops, args.model_images, args.stage_rows)

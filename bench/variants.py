@@ -7,7 +7,7 @@
 Variants, each optionally followed by ``:--pipeline_option=value,...``:
 
 - ``base``: the code as it is;
-- ``null``: a model that returns zeros at once (patched into ``model.encoder`` in the child
+- ``null``: a model that returns zeros at once (patched into ``model.engine`` in the child
   process; nothing in model/ changes): what everything around the network costs (reading,
   decoding, resizing, Beam, writing).
 
@@ -53,7 +53,7 @@ def apply(variant: str) -> None:
         raise ValueError(f"unknown variant {variant!r}; variants: {', '.join(VARIANTS)}")
     import numpy as np
 
-    import model.encoder as me
+    import model.engine as me
 
     class Null:
         """A backend without a network: zeros of the right shape, at once."""
@@ -63,7 +63,7 @@ def apply(variant: str) -> None:
         def __call__(self, batch):
             return np.zeros((len(batch), 512), np.float32)
 
-    me.create_backend = lambda *args, **kwargs: Null()
+    me.runtime_for = lambda *args, **kwargs: Null()
 
 
 def summarise(runs: dict[str, list]) -> dict[str, dict]:

@@ -1,12 +1,15 @@
-"""OSNet person re-identification features: model, safe checkpoint loading, preprocessing, runtimes.
+"""OSNet person re-identification features: model, safe checkpoint loading, preprocessing, the
+runtime policy, runtimes, the pipeline's engine and the seed-compatible encoder.
 
 No Beam here: the pipeline's transforms wrap these, and they can be used and tested on their own.
 """
-from model.backends import FeatureBackend, check_precision, create_backend, default_batch_size
 from model.checkpoint import CheckpointError, infer_architecture, load_osnet, read_state_dict
-from model.encoder import OsNetEncoder
+from model.encoder import OsNetEncoder, l2_normalize
+from model.engine import FeatureEngine
 from model.osnet import ARCHITECTURES, FEATURE_DIM, OSNet, build_osnet
+from model.policy import RuntimePlan, plan_here, plan_runtime
 from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_batch
+from model.runtimes import FeatureBackend, create_backend
 
 __all__ = [
     "ARCHITECTURES",
@@ -15,14 +18,17 @@ __all__ = [
     "IMAGENET_STD",
     "CheckpointError",
     "FeatureBackend",
+    "FeatureEngine",
     "OSNet",
     "OsNetEncoder",
+    "RuntimePlan",
     "build_osnet",
-    "check_precision",
     "create_backend",
-    "default_batch_size",
     "infer_architecture",
+    "l2_normalize",
     "load_osnet",
+    "plan_here",
+    "plan_runtime",
     "preprocess_batch",
     "read_state_dict",
 ]

@@ -5,7 +5,9 @@ num_classes, patch_height, patch_width, norm_mean, norm_std, GPU``; every one of
 still accepted, so existing callers keep working, and ``get_features`` keeps its contract (one
 feature per crop, in order). What changed underneath: weights are read safely and strictly (see
 :mod:`model.checkpoint`), the architecture is inferred from them, batches are really batched, and
-on CPU the network runs on ONNX Runtime by default.
+on CPU the network runs on ONNX Runtime by default. The work is :class:`model.engine.FeatureEngine`'s;
+this facade adds the original options (the ``GPU`` flag, L2 normalisation, torch tensors, None
+crops) and, on a GPU, resizes the next chunk while the network runs the current one.
 """
 from __future__ import annotations
 
@@ -16,14 +18,22 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from model.backends import FeatureBackend, create_backend, cuda_batch_size, default_batch_size
 from model.checkpoint import CheckpointSource, load_osnet
+from model.engine import FeatureEngine
 from model.osnet import FEATURE_DIM, OSNet
-from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_pixels, normalize_batch, resize_batch, to_rgb
+from model.policy import plan_here
+from model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from model.runtimes import FeatureBackend
 
-__all__ = ["OsNetEncoder"]
+__all__ = ["OsNetEncoder", "l2_normalize"]
 
 log = logging.getLogger(__name__)
+
+
+def l2_normalize(features: np.ndarray) -> np.ndarray:
+    """Every row of float32 (N, D) ``features`` scaled to unit length, in place (zero rows stay zero)."""
+    features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), np.float32(1e-12))
+    return features
 
 
 def _device_for(GPU: Optional[bool]) -> str:
@@ -46,21 +56,23 @@ class OsNetEncoder:
     Args:
         weight_filepath: the checkpoint: a path, its bytes, or a binary file object (torchreid
             model-zoo file or training checkpoint; see :func:`model.checkpoint.load_osnet`).
-        batch_size: crops per forward pass; None picks the measured best for the backend/device.
+        batch_size: crops per forward pass; None picks the measured best for the backend/device
+            (on a GPU, what its memory allows): :func:`model.policy.plan_runtime`.
         GPU: True = CUDA (error if absent), False = CPU, None = CUDA when available.
         arch: OSNet variant name, or None to infer it from the weights (the original tool always
             built ``osnet_ibn_x1_0``; inference gives the same for those weights).
         backend: "auto" (ONNX Runtime on CPU, torch on CUDA), "torch" or "onnxruntime".
         precision: "fp32"; "fp16" on CUDA; "bf16" on CUDA, or (opt-in, OpenVINO) on CPU cores
-            with AVX512-BF16/AMX: see :func:`model.backends.check_precision`.
-        normalize: L2-normalise every feature (off by default, as in the original tool).
+            with AVX512-BF16/AMX: see :func:`model.policy.check_runtime`.
+        normalize: L2-normalise every feature to unit length (off by default, as in the original
+            tool). The mean/std standardisation of the input is ``norm_mean``/``norm_std``.
         channel_order: "rgb" or "bgr" for the crops' channels.
         threads: CPU threads for the backend (default: all cores available to the process).
         overlap_preprocessing: resize the next chunk on a helper thread while the network runs
             the current one. None = on for CUDA (the CPU would idle while the GPU works), off on
             CPU (the backend already uses every core).
         patch_height, patch_width: network input size (the crop is resized to it); default 256x128.
-        norm_mean, norm_std: per-channel normalisation; default ImageNet's.
+        norm_mean, norm_std: per-channel standardisation of the input; default ImageNet's.
         num_classes: accepted for compatibility and ignored: it sized the identity classifier,
             which feature extraction never uses (the checkpoint's classifier is dropped).
         input_width, input_height: accepted for compatibility and unused: crops are resized from
@@ -88,8 +100,6 @@ class OsNetEncoder:
         input_width: Optional[int] = None,
         input_height: Optional[int] = None,
     ) -> None:
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer or None, not {batch_size!r}")
         if channel_order not in ("rgb", "bgr"):
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', not {channel_order!r}")
         if int(patch_height) <= 0 or int(patch_width) <= 0:
@@ -103,25 +113,20 @@ class OsNetEncoder:
         self.normalize = bool(normalize)
         self.num_classes = num_classes  # kept only so callers that read it still can
 
-        device = _device_for(GPU)
+        plan = plan_here(backend, _device_for(GPU), precision, batch_size)
         self.model: OSNet = load_osnet(weight_filepath, arch=arch)
         self.arch: str = self.model.arch
-        self.backend: FeatureBackend = create_backend(
-            self.model, backend=backend, device=device, precision=precision, threads=threads
+        self.engine = FeatureEngine(
+            self.model, plan, threads=threads, channel_order=channel_order, input_size=self.input_size,
+            mean=self.norm_mean, std=self.norm_std,
         )
-        self.device = self.backend.device
-        if batch_size is None:  # on a GPU, what its memory allows
-            on_cuda = self.device.startswith("cuda")
-            batch_size = cuda_batch_size(self.device) if on_cuda else default_batch_size(self.backend.name, self.device)
-        self.batch_size = batch_size
-        # On a GPU the CPU only resizes; the device normalises (same values, a quarter of the bytes).
-        self._normalize_on_device = self.device.startswith("cuda") and hasattr(self.backend, "features_from_pixels")
+        self.backend: FeatureBackend = self.engine.runtime
+        self.device = plan.device
+        self.batch_size = plan.batch_size
         if overlap_preprocessing is None:
-            overlap_preprocessing = self.device.startswith("cuda")
+            overlap_preprocessing = plan.on_cuda
         self._prefetcher = ThreadPoolExecutor(1, "osnet-preprocess") if overlap_preprocessing else None
-        log.info(
-            "OSNet %s on %s/%s (%s), batch %d", self.arch, self.backend.name, self.device, precision, self.batch_size
-        )
+        log.info("OSNet %s on %s", self.arch, plan.describe())
 
     @property
     def feature_dim(self) -> int:
@@ -134,75 +139,29 @@ class OsNetEncoder:
             ValueError: a crop that is not a uint8 (H, W[, C]) array (None included).
         """
         crops = list(crops)
-        if self.preprocesses_in_network_threads:
-            for crop in crops:  # every bad crop refused before any work, as resize_batch does
-                to_rgb(crop, self.channel_order)
-            return self._maybe_normalized(self.backend.map_crops(self._prepare_one, crops))
+        if self._prefetcher is None:
+            return self._maybe_normalized(self.engine.encode_crops(crops))
         out = np.empty((len(crops), FEATURE_DIM), dtype=np.float32)
-        for start, prepared in self._prepared_chunks(crops):
-            out[start : start + len(prepared)] = self._features(prepared)
+        for start, pixels in self._resized_chunks(crops):
+            out[start : start + len(pixels)] = self.engine.encode_pixels(pixels)
         return self._maybe_normalized(out)
-
-    @property
-    def preprocesses_in_network_threads(self) -> bool:
-        """Whether :meth:`encode_batch` resizes and normalises each crop on the thread that then
-        runs it through the network (CPU backends with a thread pool: ONNX Runtime, OpenVINO), so
-        the preprocessing is spread over every core as the network is. Same values bit for bit
-        as :meth:`resize` then :meth:`encode_pixels`."""
-        return hasattr(self.backend, "map_crops") and not self.device.startswith("cuda")
-
-    def _prepare_one(self, crop: np.ndarray) -> np.ndarray:
-        return self._prepare([crop])
 
     def resize(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Crops -> resized uint8 pixels (N, H, W, 3), as :meth:`encode_pixels` takes them."""
-        return resize_batch(crops, channel_order=self.channel_order, size=self.input_size)
+        return self.engine.resize(crops)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Features of already resized pixels (:meth:`resize`), float32 (N, 512).
-
-        The split lets the resize, the CPU-heavy half, run where the crops are (each pipeline
-        worker process) while a model shared by a machine's processes only normalises and runs
-        the network: it receives a quarter of the float32 bytes and does none of the resizing.
-        """
-        check_pixels(pixels, self.input_size)
-        out = np.empty((len(pixels), FEATURE_DIM), dtype=np.float32)
-        for start in range(0, len(pixels), self.batch_size):
-            chunk = pixels[start : start + self.batch_size]
-            out[start : start + len(chunk)] = self._features(self._normalized(chunk))
-        return self._maybe_normalized(out)
+        """Features of already resized pixels (:meth:`resize`), float32 (N, 512)."""
+        return self._maybe_normalized(self.engine.encode_pixels(pixels))
 
     def _maybe_normalized(self, features: np.ndarray) -> np.ndarray:
-        if self.normalize:
-            features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), np.float32(1e-12))
-        return features
+        return l2_normalize(features) if self.normalize else features
 
-    def _normalized(self, pixels: np.ndarray) -> np.ndarray:
-        """Resized pixels as the backend takes them: as they are where the device normalises,
-        else the float32 network input."""
-        if self._normalize_on_device:
-            return pixels
-        return normalize_batch(pixels, mean=self.norm_mean, std=self.norm_std)
-
-    def _prepare(self, chunk: Sequence[np.ndarray]) -> np.ndarray:
-        """The CPU's share of the preprocessing of a chunk of crops."""
-        return self._normalized(self.resize(chunk))
-
-    def _features(self, prepared: np.ndarray) -> np.ndarray:
-        if self._normalize_on_device:
-            return self.backend.features_from_pixels(prepared, self.norm_mean, self.norm_std)
-        return self.backend(prepared)
-
-    def _prepared_chunks(self, crops: list[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
-        """``(start, batch)`` per chunk; with a prefetcher, chunk i+1 is prepared while i runs."""
-        starts = range(0, len(crops), self.batch_size)
-        if self._prefetcher is None:
-            for start in starts:
-                yield start, self._prepare(crops[start : start + self.batch_size])
-            return
+    def _resized_chunks(self, crops: list[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, pixels)`` per chunk, chunk i+1 resized on the prefetcher while i runs."""
         pending = None
-        for start in starts:
-            upcoming = (start, self._prefetcher.submit(self._prepare, crops[start : start + self.batch_size]))
+        for start in range(0, len(crops), self.batch_size):
+            upcoming = (start, self._prefetcher.submit(self.engine.resize, crops[start : start + self.batch_size]))
             if pending is not None:
                 yield pending[0], pending[1].result()
             pending = upcoming

@@ -1,4 +1,4 @@
-"""The original tool's preprocessing: Pillow bilinear resize, /255, ImageNet normalisation, NCHW.
+"""The original tool's preprocessing: Pillow bilinear resize, /255, ImageNet mean/std standardisation, NCHW.
 
 Features are only comparable with those of the original tool (and of torchreid's evaluation) if
 the pixels fed to the network are the same, so the resize is Pillow's, on the uint8 image, exactly
@@ -19,9 +19,9 @@ __all__ = [
     "INPUT_SIZE",
     "INPUT_WIDTH",
     "check_pixels",
-    "normalize_batch",
     "preprocess_batch",
     "resize_batch",
+    "standardize_batch",
     "to_rgb",
 ]
 
@@ -77,7 +77,7 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     return width, height
 
 
-def _check_normalization(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _check_standardization(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     mean_arr = np.asarray(mean, dtype=np.float32)
     std_arr = np.asarray(std, dtype=np.float32)
     if mean_arr.shape != (3,) or std_arr.shape != (3,):
@@ -109,7 +109,7 @@ def resize_batch(
     """Crops -> resized RGB pixels, uint8 (N, H, W, 3): the CPU half of the preprocessing.
 
     A quarter of the bytes of the float32 input, which is why GPU backends take this and
-    normalise on the device (see :func:`normalize_batch` for the arithmetic they must repeat).
+    standardise on the device (see :func:`standardize_batch` for the arithmetic they must repeat).
 
     Raises:
         ValueError: a crop that is not uint8, has an unsupported shape or is empty; a bad size.
@@ -122,7 +122,7 @@ def resize_batch(
     return pixels
 
 
-def normalize_batch(
+def standardize_batch(
     pixels: np.ndarray,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
@@ -133,9 +133,9 @@ def normalize_batch(
     values are bit-identical to it (three correctly rounded operations per value); computed in
     place per channel plane: no temporaries, no transpose copy. Folding it into one
     multiply-add would be faster, but it rounds differently, and a random-weight x1.0 network
-    amplifies that past 1e-4.
+    amplifies that (bench/README.md, "Findings").
     """
-    mean_arr, std_arr = _check_normalization(mean, std)
+    mean_arr, std_arr = _check_standardization(mean, std)
     count, height, width, _ = check_pixels(pixels).shape
     batch = np.empty((count, 3, height, width), dtype=np.float32)
     for channel in range(3):
@@ -153,16 +153,16 @@ def preprocess_batch(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> np.ndarray:
-    """Crops -> the network's input, float32 (N, 3, H, W): :func:`resize_batch` then :func:`normalize_batch`.
+    """Crops -> the network's input, float32 (N, 3, H, W): :func:`resize_batch` then :func:`standardize_batch`.
 
     Args:
         crops: uint8 arrays (H, W, C) with C in {1, 3, 4}, or (H, W); sizes may differ.
         channel_order: "rgb" or "bgr" for 3- and 4-channel crops.
         size: (width, height) to resize to, Pillow's order; the original tool's is (128, 256).
-        mean, std: per-channel normalisation of the [0, 1] pixel values (RGB order).
+        mean, std: per-channel standardisation of the [0, 1] pixel values (RGB order).
     Raises:
         ValueError: a crop that is not uint8, has an unsupported shape or is empty; bad arguments.
     """
     _check_size(size)
-    _check_normalization(mean, std)  # before the work, not after it
-    return normalize_batch(resize_batch(crops, channel_order, size), mean, std)
+    _check_standardization(mean, std)  # before the work, not after it
+    return standardize_batch(resize_batch(crops, channel_order, size), mean, std)

@@ -1,7 +1,9 @@
 """The job's graph: read -> decode -> encode -> write -> manifest, with every bad row routed to errors."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import os
 import re
 import sys
@@ -12,12 +14,13 @@ from typing import Any, Optional
 import apache_beam as beam
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import TestOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, TestOptions
 
-from model import CheckpointError, infer_architecture, load_osnet, read_state_dict
+from model import CheckpointError, RuntimePlan, load_osnet, plan_runtime
+from model.policy import local_gpu
 from pipeline import outputs
 from pipeline.options import OsNetOptions
-from pipeline.validate import OptionError, check_option_values, expand_user_paths
+from pipeline.validate import OptionError, check_option_values, expand_user_paths, runs_on_this_machine
 from transforms.csv_records import CsvDialect
 from transforms.decode import DecodeCrops
 from transforms.errors import ERRORS_TAG
@@ -29,10 +32,13 @@ from transforms.write import WriteErrors, WriteFeatures, features_schema
 
 @dataclass(frozen=True)
 class JobPlan:
-    """What was checked before the job starts: the input's layout, the model, this run's identity."""
+    """What was checked before the job starts: the input's layout, the model and how it runs,
+    this run's identity."""
 
     layout: InputLayout
     arch: str
+    #: backend, device, precision and batch size, planned for the workers' GPU (Beam's batch size)
+    runtime: Optional[RuntimePlan] = None
     run_id: str = field(default_factory=outputs.new_run_id)
     started: str = field(default_factory=outputs.utc_now)
     input_files: tuple = ()
@@ -41,12 +47,30 @@ class JobPlan:
     replaces: tuple = ()
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def worker_accelerator(options: OsNetOptions) -> Optional[str]:
+    """The GPU type Dataflow attaches to each worker
+    (``--dataflow_service_options=worker_accelerator=type:NAME;count:N;...``), or None."""
+    for entry in options.view_as(GoogleCloudOptions).dataflow_service_options or ():
+        key, _, value = entry.partition("=")
+        if key.strip() == "worker_accelerator":
+            for part in value.split(";"):
+                name, _, setting = part.partition(":")
+                if name.strip() == "type" and setting.strip():
+                    return setting.strip()
+    return None
+
+
+def plan_workers_runtime(options: OsNetOptions) -> RuntimePlan:
+    """How the workers will run the model, as far as the launcher can tell: for this machine's
+    GPU and CPU when the job runs here, else for the accelerator the runner is asked to attach
+    (each worker re-plans with the card it has: :meth:`OsNetModelHandler.worker_plan`)."""
+    ours = options.view_as(OsNetOptions)
+    here = runs_on_this_machine(options)
+    gpu = local_gpu(ours.device) if here else worker_accelerator(options)
+    try:
+        return plan_runtime(ours.backend, ours.device, ours.precision, ours.batch_size, gpu, cpu_is_here=here)
+    except ValueError as error:
+        raise OptionError(f"--backend {ours.backend} --device {ours.device} --precision {ours.precision}: {error}") from None
 
 
 def _input_files(files: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
@@ -103,8 +127,13 @@ def plan_job(options: OsNetOptions) -> JobPlan:
         weights = local_weights(ours.weights)
     except Exception as error:  # OSError locally, BeamIOError and friends elsewhere
         raise CheckpointError(f"cannot read weights {ours.weights}: {error}") from None
-    load_osnet(weights, ours.arch)  # every key and shape checked against the architecture
-    arch = ours.arch or infer_architecture(read_state_dict(weights))
+    with open(weights, "rb") as stream:  # read once: hashed, then parsed once
+        checkpoint = stream.read()
+    named = io.BytesIO(checkpoint)
+    named.name = weights  # what the checkpoint's error messages call it
+    # every key and shape checked against the architecture (inferred from the keys when not given)
+    arch = load_osnet(named, ours.arch).arch
+    runtime = plan_workers_runtime(options)
     dry_run = bool(options.view_as(TestOptions).dry_run)  # as Beam reads it: any value
     replaces: tuple = ()
     if not dry_run:  # a dry run touches no output (and works offline for gs:// outputs)
@@ -112,8 +141,9 @@ def plan_job(options: OsNetOptions) -> JobPlan:
     return JobPlan(
         layout,
         arch,
+        runtime,
         input_files=_input_files(layout.files),
-        weights_sha256=_sha256(weights),
+        weights_sha256=hashlib.sha256(checkpoint).hexdigest(),
         replaces=replaces,
     )
 
@@ -150,6 +180,7 @@ def _run_info(options: OsNetOptions, plan: JobPlan, output_column: str) -> dict[
             "threads": ours.threads,
             "channel_order": ours.channel_order,
             "share_model_across_processes": ours.share_model_across_processes,
+            "planned": dataclasses.asdict(plan.runtime) if plan.runtime else None,
         },
         "options": {k: everything.get(k) for k in ours_names if _jsonable(everything.get(k))},
         "runner_options": {k: v for k, v in sorted(set_by_user.items()) if k not in ours_names and _jsonable(v)},
@@ -194,6 +225,7 @@ def build_pipeline(
         channel_order=ours.channel_order,
         threads=ours.threads,
         share_across_processes=ours.share_model_across_processes,
+        plan=plan.runtime,
     )
     encoded = decoded.crops | "EncodeCrops" >> EncodeCrops(handler, ours.image_column)
     errors = (

@@ -508,15 +508,16 @@ def finalize_run(shard_paths: Sequence[str], info: Mapping[str, Any]) -> dict:
 
 
 def _resolved_model(model: Mapping[str, Any]) -> dict[str, Any]:
-    """What ``auto`` became on the worker that wrote the manifest (device, backend, batch size)."""
+    """What ``auto`` became on the worker that wrote the manifest (device, backend, batch size):
+    its own plan settled against the launcher's (:func:`model.policy.settle`)."""
     try:
-        from model.backends import _resolve_backend_name, resolve_device
-        from transforms.inference import planned_batch_size
+        from model.policy import RuntimePlan, plan_here, settle
 
-        device = resolve_device(model.get("device", "auto"))
-        backend = _resolve_backend_name(model.get("backend", "auto"), device, model.get("precision", "fp32"))
-        batch = model.get("batch_size") or planned_batch_size(model.get("backend", "auto"), model.get("device", "auto"), model.get("precision", "fp32"))
-        return {"resolved_device": device, "resolved_backend": backend, "resolved_batch_size": batch}
+        here = plan_here(model.get("backend", "auto"), model.get("device", "auto"), model.get("precision", "fp32"),
+                         model.get("batch_size"))
+        planned = model.get("planned")
+        plan = settle(RuntimePlan(**planned), here)[0] if planned else here
+        return {"resolved_device": plan.device, "resolved_backend": plan.backend, "resolved_batch_size": plan.batch_size}
     except Exception as error:  # noqa: BLE001 (the manifest must not fail for a detail)
         return {"resolved": f"unknown: {error}"}
 

@@ -23,7 +23,6 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions, StandardOptions, TestOptions
 
 from model import CheckpointError
-from model.backends import planned_runtime
 from pipeline import outputs
 from pipeline.build import build_pipeline, plan_job
 from pipeline.console import LOG_LEVELS, LocalProgress, Totals, configure_logging, watch_remote_job
@@ -134,11 +133,9 @@ def _log_plan(options: OsNetOptions, plan) -> None:
         "input: %d %s file%s, %.1f MB%s; columns %s", count, plan.layout.format, "" if count == 1 else "s",
         size / 1e6, f", {rows:,} rows" if rows is not None else "", ", ".join(plan.layout.columns),
     )
-    if ours.device == "auto" and not runs_on_this_machine(options):  # the workers' GPUs decide
-        runtime = f"backend {ours.backend} on the workers' device (auto), {ours.precision}"
-    else:
-        backend, device, batch = planned_runtime(ours.backend, ours.device, ours.precision)
-        runtime = f"{backend} on {device}, {ours.precision}, batch {ours.batch_size or batch}"
+    runtime = plan.runtime.describe()
+    if not runs_on_this_machine(options):  # each worker settles it with the card it has
+        runtime += " as planned for the workers"
     _LOG.info("model: %s from %s; %s", plan.arch, ours.weights, runtime)
     _LOG.info("output: %s (%s), run %s", ours.output, ours.output_format, plan.run_id)
 

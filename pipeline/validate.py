@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import (
     _BeamArgumentParser,
 )
 
-from model import check_precision
+from model import plan_runtime
 from pipeline.options import OsNetOptions
 from pipeline.outputs import is_local
 
@@ -126,14 +126,13 @@ def device_precision_problem(device: str, precision: str, cuda_available: Option
     ``cuda_available`` is None when the workers are elsewhere (Dataflow, Flink, an external
     worker pool): the launcher cannot see their GPUs (or cores), so only what is wrong everywhere
     is refused here, and a worker that cannot run it fails at its first model load with the same
-    message. Which precision runs on which device is :func:`model.check_precision`'s rule.
+    message. Which precision runs on which device is :mod:`model.policy`'s rule.
     """
     if device == "cuda" and cuda_available is False:
         return "--device cuda, but CUDA is not available on this machine, where the job runs (use --device cpu or auto)"
-    on_cpu = device == "cpu" or (device == "auto" and cuda_available is False)
-    if on_cpu and (cuda_available is not None or precision == "fp16"):
+    if device == "cpu" or (device == "auto" and cuda_available is False):
         try:
-            check_precision("cpu", precision)
+            plan_runtime("auto", "cpu", precision, cpu_is_here=cuda_available is not None)
         except ValueError as error:
             return f"--precision {precision}: {error}"
     return None

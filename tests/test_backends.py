@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from model import create_backend, default_batch_size, load_osnet
-from model.backends import FeatureBackend, OnnxRuntimeBackend, TorchBackend, cuda_batch_size, planned_batch_size
+from model import FeatureBackend, create_backend, load_osnet
+from model.runtimes.onnx_runtime import OnnxRuntimeBackend
+from model.runtimes.torch_eager import TorchBackend
 from testkit.reference import row_cosine
 
 
@@ -93,8 +94,8 @@ def test_invalid_options(module):
         create_backend(module, device="cpu", precision="int8")
     with pytest.raises(ValueError, match="needs CUDA"):
         create_backend(module, device="cpu", precision="fp16")
-    with pytest.raises(ValueError, match="default_batch|unknown backend"):
-        default_batch_size("tensorrt", "cpu")
+    with pytest.raises(ValueError, match="resolved device"):
+        TorchBackend(module, "auto")
 
 
 def test_bad_batches_are_rejected(onnx_backend):
@@ -109,12 +110,6 @@ def test_torch_backend_leaves_the_module_alone(module, batch, expected):
     assert not module.training and next(module.parameters()).dtype == torch.float32
 
 
-def test_default_batch_sizes():
-    for name in ("torch", "onnxruntime"):
-        cpu, cuda = default_batch_size(name, "cpu"), default_batch_size(name, "cuda")
-        assert 1 <= cpu <= 64 and cuda >= 64
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_cuda_precisions(module, batch, expected, precision):
@@ -125,45 +120,17 @@ def test_cuda_precisions(module, batch, expected, precision):
     assert row_cosine(out, expected).min() >= (0.9999 if precision == "fp32" else 0.99)
 
 
-def test_torch_backend_normalises_pixels_as_the_cpu_does(module):
-    """The path GPU workers take (uint8 in, normalised by torch on the device), run here on CPU:
+def test_torch_backend_standardizes_pixels_as_the_cpu_does(module):
+    """The path GPU workers take (uint8 in, standardised by torch on the device), run here on CPU:
     the same float32 values bit for bit, hence the same features."""
-    from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_batch
+    from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, standardize_batch
 
     pixels = np.random.default_rng(3).integers(0, 256, size=(4, 256, 128, 3), dtype=np.uint8)
     backend = TorchBackend(module, "cpu")
-    on_device = backend.normalize_pixels(pixels, IMAGENET_MEAN, IMAGENET_STD)
-    np.testing.assert_array_equal(on_device.numpy(), normalize_batch(pixels))
+    on_device = backend.standardize_pixels(pixels, IMAGENET_MEAN, IMAGENET_STD)
+    np.testing.assert_array_equal(on_device.numpy(), standardize_batch(pixels))
     np.testing.assert_array_equal(
-        backend.features_from_pixels(pixels, IMAGENET_MEAN, IMAGENET_STD), backend(normalize_batch(pixels))
+        backend.features_from_pixels(pixels, IMAGENET_MEAN, IMAGENET_STD), backend(standardize_batch(pixels))
     )
     with pytest.raises(ValueError, match="uint8 pixels"):
-        backend.normalize_pixels(pixels.astype(np.float32), IMAGENET_MEAN, IMAGENET_STD)
-
-
-def test_planned_batch_size_needs_no_gpu_on_the_launcher(monkeypatch):
-    """BatchElements is sized where the job is built: a launcher without a GPU plans a CUDA job."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert planned_batch_size("auto", "cuda") == default_batch_size("torch", "cuda")
-    assert planned_batch_size("auto", "auto") == default_batch_size("onnxruntime", "cpu")
-    assert planned_batch_size("torch", "cpu") == default_batch_size("torch", "cpu")
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    assert planned_batch_size("auto", "cpu") == default_batch_size("torch", "cpu")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert planned_batch_size("auto", "auto", "fp16") == default_batch_size("torch", "cuda")
-    with pytest.raises(ValueError, match="precision"):
-        planned_batch_size("auto", "cpu", "int8")
-    with pytest.raises(ValueError, match="backend"):
-        planned_batch_size("tensorrt", "cpu")
-
-
-@pytest.mark.parametrize("gib, size", [(16, 64), (24, 128), (40, 256), (80, 512), (141, 512), (4, 16)])
-def test_cuda_batch_size_fits_sixteen_processes_in_the_gpus_memory(monkeypatch, gib, size):
-    """T4 16 GB, L4 24 GB, A100 40 GB, H100 80 GB, H200 141 GB: 16 processes' fp32 batches
-    (8 MB a crop, measured) stay within the card; never under 16."""
-    class Properties:
-        total_memory = gib * 10**9
-
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Properties())
-    assert cuda_batch_size("cuda") == size
-    assert cuda_batch_size("cuda:1") == size
+        backend.standardize_pixels(pixels.astype(np.float32), IMAGENET_MEAN, IMAGENET_STD)

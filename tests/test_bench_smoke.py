@@ -36,7 +36,7 @@ def test_tiny_benchmark_runs_every_mode(tmp_path):
     result = everything["bench"]
     assert list(everything["models"]) == ["x0_25_msmt17"]  # --tiny: the bundled default weights
     assert result["original_loop"]["crops_per_s"]["median"] > 0
-    from model.backends import cpu_supports_bf16
+    from model.policy import cpu_supports_bf16
 
     expected = {"torch", "onnxruntime", "onnxruntime_noflush"} | ({"openvino_bf16"} if cpu_supports_bf16() else set())
     assert set(result["model_only"]) == expected

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from model.backends import cpu_supports_bf16
+from model.policy import cpu_supports_bf16
 
 from pipeline import read_features
 from pipeline.run import main

@@ -1,5 +1,5 @@
 """CPU speed switches: denormals flushed where the network runs (and nowhere else), the one
-precision rule (check_precision), and the opt-in bf16 mode's fidelity on the shared crops."""
+precision rule (model.policy), and the opt-in bf16 mode's fidelity on the shared crops."""
 from __future__ import annotations
 
 import threading
@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-import model.backends as backends
-from model import OsNetEncoder, create_backend, load_osnet, preprocess_batch
-from model.backends import check_precision, cpu_supports_bf16, thread_flushes_denormals
+import model.policy as policy
+from model import OsNetEncoder, create_backend, load_osnet, plan_runtime, preprocess_batch
+from model.policy import cpu_supports_bf16
+from model.runtimes.cpu import thread_flushes_denormals
+from model.runtimes.onnx_runtime import OnnxRuntimeBackend
+from model.runtimes.torch_eager import TorchBackend
 from testkit.reference import cross_camera_retrieval, load_reference, read_labels, row_cosine
 
 needs_bf16_cpu = pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no AVX512-BF16/AMX")
@@ -58,50 +61,53 @@ def test_network_threads_flush_denormals_the_callers_thread_does_not(module, bat
 
 
 def test_flushing_can_be_turned_off_for_comparisons(module):
-    backend = backends.OnnxRuntimeBackend(module, "cpu", flush_denormals=False)
+    backend = OnnxRuntimeBackend(module, "cpu", flush_denormals=False)
     assert not backend.flush_denormals and not _mode_in(backend._pool)
-    torch_backend = backends.TorchBackend(module, "cpu", flush_denormals=False)
+    torch_backend = TorchBackend(module, "cpu", flush_denormals=False)
     assert not _mode_in(torch_backend._cpu_runner)
 
 
 def test_torch_backend_keeps_its_thread_count(module, batch):
     before = torch.get_num_threads()
-    backend = backends.TorchBackend(module, "cpu", threads=1)
+    backend = TorchBackend(module, "cpu", threads=1)
     try:
         assert backend._cpu_runner.submit(torch.get_num_threads).result() == 1
     finally:
         torch.set_num_threads(before)
 
 
-def test_check_precision_rule(monkeypatch):
+def test_the_precision_rule(monkeypatch):
     for device in ("cpu", "cuda", "cuda:1"):
-        check_precision(device, "fp32")
-    check_precision("cuda", "fp16")
-    check_precision("cuda:0", "bf16")
+        assert plan_runtime(device=device, precision="fp32").precision == "fp32"
+    assert plan_runtime(device="cuda", precision="fp16").backend == "torch"
+    assert plan_runtime(device="cuda:0", precision="bf16").backend == "torch"
     with pytest.raises(ValueError, match="fp16.*needs CUDA"):
-        check_precision("cpu", "fp16")
+        plan_runtime(device="cpu", precision="fp16")
+    with pytest.raises(ValueError, match="fp16.*needs CUDA"):  # wrong everywhere: also for workers elsewhere
+        plan_runtime(device="cpu", precision="fp16", cpu_is_here=False)
     with pytest.raises(ValueError, match="precision must be one of"):
-        check_precision("cpu", "int8")
-    monkeypatch.setattr(backends, "cpu_supports_bf16", lambda: False)
+        plan_runtime(device="cpu", precision="int8")
+    monkeypatch.setattr(policy, "cpu_supports_bf16", lambda: False)
     with pytest.raises(ValueError, match="AVX512-BF16 or AMX"):
-        check_precision("cpu", "bf16")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        plan_runtime(device="cpu", precision="bf16")
     with pytest.raises(ValueError, match="AVX512-BF16 or AMX"):
-        check_precision("auto", "bf16")
-    monkeypatch.setattr(backends, "cpu_supports_bf16", lambda: True)
-    check_precision("cpu", "bf16")
+        plan_runtime(device="auto", precision="bf16")  # no GPU given: the CPU
+    # a launcher cannot see the workers' cores: bf16 on their CPU is theirs to refuse
+    assert plan_runtime(device="cpu", precision="bf16", cpu_is_here=False).backend == "openvino"
+    monkeypatch.setattr(policy, "cpu_supports_bf16", lambda: True)
+    assert plan_runtime(device="cpu", precision="bf16") == policy.RuntimePlan("openvino", "cpu", "bf16", 32)
 
 
 def test_cpu_bf16_is_detected_from_the_cpu_flags(monkeypatch):
-    backends.cpu_supports_bf16.cache_clear()
+    policy.cpu_supports_bf16.cache_clear()
     try:
-        monkeypatch.setattr(backends, "_cpu_flags", lambda: {"sse2", "avx512f"})
-        assert not backends.cpu_supports_bf16()
-        backends.cpu_supports_bf16.cache_clear()
-        monkeypatch.setattr(backends, "_cpu_flags", lambda: {"avx512f", "amx_bf16", "amx_tile"})
-        assert backends.cpu_supports_bf16()
+        monkeypatch.setattr(policy, "_cpu_flags", lambda: {"sse2", "avx512f"})
+        assert not policy.cpu_supports_bf16()
+        policy.cpu_supports_bf16.cache_clear()
+        monkeypatch.setattr(policy, "_cpu_flags", lambda: {"avx512f", "amx_bf16", "amx_tile"})
+        assert policy.cpu_supports_bf16()
     finally:
-        backends.cpu_supports_bf16.cache_clear()
+        policy.cpu_supports_bf16.cache_clear()
 
 
 def test_auto_never_lowers_precision(module):
@@ -160,11 +166,11 @@ def test_openvino_backend_takes_any_batch_and_size(module):
 
 @pytest.mark.parametrize("channel_order", ["rgb", "bgr"])
 def test_preprocessing_in_the_network_threads_changes_no_value(shared_weights_dir, channel_order):
-    """encode_batch on CPU resizes each crop on the ORT thread that runs it: the same features, bit
+    """encode_crops on CPU resizes each crop on the ORT thread that runs it: the same features, bit
     for bit, as resizing the batch first (what the handler does with a shared model)."""
     encoder = OsNetEncoder(weight_filepath=shared_weights_dir / "osnet_x0_25_msmt17.pth", GPU=False,
                            channel_order=channel_order)
-    assert encoder.preprocesses_in_network_threads
+    assert encoder.engine.preprocesses_in_network_threads
     rng = np.random.default_rng(5)
     crops = [rng.integers(0, 256, size=(int(h), int(w), c), dtype=np.uint8)
              for h, w, c in zip(rng.integers(20, 300, 7), rng.integers(10, 150, 7), [3, 3, 4, 1, 3, 4, 3])]
@@ -175,7 +181,7 @@ def test_preprocessing_in_the_network_threads_changes_no_value(shared_weights_di
         encoder.encode_batch([crops[0], crops[1].astype(np.float32)])
     torch_encoder = OsNetEncoder(weight_filepath=shared_weights_dir / "osnet_x0_25_msmt17.pth", GPU=False,
                                  backend="torch")
-    assert not torch_encoder.preprocesses_in_network_threads
+    assert not torch_encoder.engine.preprocesses_in_network_threads
 
 
 @needs_bf16_cpu

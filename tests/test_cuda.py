@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from model import OsNetEncoder
-from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_batch, resize_batch
+from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, resize_batch, standardize_batch
 from pipeline import run
 from testkit.reference import CHECKPOINTS, cross_camera_retrieval, load_reference, read_labels, row_cosine
 from tests.pipeline_helpers import COLUMNS, read_parquet_features, read_seed_rows, write_csv
@@ -84,9 +84,9 @@ def test_device_normalisation_is_bit_identical_to_the_cpus(references, shared_we
     _, crops, _ = references["osnet_x0_25_msmt17"]
     encoder = OsNetEncoder(shared_weights_dir / "osnet_x0_25_msmt17.pth", GPU=True)
     pixels = resize_batch(crops)
-    on_device = encoder.backend.normalize_pixels(pixels, IMAGENET_MEAN, IMAGENET_STD)
+    on_device = encoder.backend.standardize_pixels(pixels, IMAGENET_MEAN, IMAGENET_STD)
     assert on_device.is_cuda and on_device.dtype == torch.float32
-    np.testing.assert_array_equal(on_device.cpu().numpy(), normalize_batch(pixels))
+    np.testing.assert_array_equal(on_device.cpu().numpy(), standardize_batch(pixels))
 
 
 def test_pipeline_on_cuda_in_fp16_gives_the_cpu_runs_rows(seed_table, shared_weights_dir, tmp_path):

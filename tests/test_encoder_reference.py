@@ -199,9 +199,9 @@ def test_fp16_on_cpu_is_refused(shared_weights_dir):
 
 
 def test_bf16_on_cpu_without_native_bf16_is_refused(shared_weights_dir, monkeypatch):
-    import model.backends
+    import model.policy
 
-    monkeypatch.setattr(model.backends, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(model.policy, "cpu_supports_bf16", lambda: False)
     with pytest.raises(ValueError, match="AVX512-BF16 or AMX"):
         OsNetEncoder(weight_filepath=shared_weights_dir / "osnet_x0_25_msmt17.pth", GPU=False, precision="bf16")
 

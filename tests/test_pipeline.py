@@ -178,7 +178,7 @@ def test_unsafe_checkpoint_is_refused_before_the_job(tmp_path, seed_rows, capsys
 def test_weights_loaded_once_per_process(tmp_path, seed_rows, monkeypatch):
     from transforms import inference
 
-    monkeypatch.setattr(inference, "_ENCODERS", {})
+    monkeypatch.setattr(inference, "_ENGINES", {})
     monkeypatch.setattr(inference, "load_count", 0)
     rows = [[r[c] for c in COLUMNS] for r in seed_rows]
     for shard in range(3):

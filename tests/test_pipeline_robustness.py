@@ -101,7 +101,7 @@ def test_weights_from_another_filesystem_are_copied_once(tmp_path, small_table, 
     _MemoryFileSystem.files[path] = open(BUNDLED_WEIGHTS, "rb").read()
     _MemoryFileSystem.opened.clear()
     monkeypatch.setattr(inference, "_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(inference, "_ENCODERS", {})
+    monkeypatch.setattr(inference, "_ENGINES", {})
     run(["--input", str(small_table), "--output", str(tmp_path / "out"), "--weights", path])
     assert _MemoryFileSystem.opened == [path]  # launcher and worker share the machine's cache
     assert read_parquet_features(tmp_path / "out").num_rows == 30

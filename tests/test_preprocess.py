@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from model import preprocess_batch
-from model.preprocess import normalize_batch, resize_batch
+from model.preprocess import standardize_batch, resize_batch
 from testkit.reference import read_crop
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -139,10 +139,10 @@ def test_resize_batch_is_pillows_resize_as_uint8():
         np.testing.assert_array_equal(row, np.asarray(image.convert("RGB").resize((128, 256), Image.BILINEAR)))
 
 
-def test_normalize_batch_is_the_reference_arithmetic_bit_for_bit():
+def test_standardize_batch_is_the_reference_arithmetic_bit_for_bit():
     """Each value is ((x / 255) - mean) / std in float32, three correctly rounded operations."""
     pixels = np.random.default_rng(11).integers(0, 256, size=(3, 16, 8, 3), dtype=np.uint8)
-    batch = normalize_batch(pixels)
+    batch = standardize_batch(pixels)
     assert batch.shape == (3, 3, 16, 8) and batch.dtype == np.float32 and batch.flags.c_contiguous
     x = pixels.transpose(0, 3, 1, 2).astype(np.float32)
     expected = (x / np.float32(255.0) - MEAN.reshape(1, 3, 1, 1)) / STD.reshape(1, 3, 1, 1)
@@ -154,6 +154,6 @@ def test_normalize_batch_is_the_reference_arithmetic_bit_for_bit():
     [np.zeros((2, 8, 8, 3), np.float32), np.zeros((8, 8, 3), np.uint8), np.zeros((2, 8, 8, 4), np.uint8), None],
     ids=["float", "3d", "4-channels", "none"],
 )
-def test_normalize_batch_rejects_what_is_not_resized_pixels(pixels):
+def test_standardize_batch_rejects_what_is_not_resized_pixels(pixels):
     with pytest.raises(ValueError, match=r"uint8 pixels \(N, H, W, 3\)"):
-        normalize_batch(pixels)
+        standardize_batch(pixels)

@@ -1,8 +1,10 @@
-"""Beam's RunInference around our encoder: the model is loaded once per worker process.
+"""Beam's RunInference around our feature engine: the model is loaded once per worker process.
 
-:class:`OsNetModelHandler` follows Beam's ``ModelHandler`` interface: ``load_model`` builds an
-:class:`model.OsNetEncoder` (weights read from any Beam filesystem and cached on local disk), and
-``run_inference`` turns a batch of uint8 crops into 512-d float32 features. :class:`EncodeCrops`
+:class:`OsNetModelHandler` follows Beam's ``ModelHandler`` interface: it carries the launcher's
+:class:`model.policy.RuntimePlan` (which sizes Beam's batches), ``load_model`` builds a
+:class:`model.engine.FeatureEngine` from the plan as the worker settles it (weights read from any
+Beam filesystem and cached on local disk), and ``run_inference`` turns a batch of uint8 crops into
+512-d float32 features. :class:`EncodeCrops`
 keys each crop by its row so the features rejoin the row they came from, and turns a batch the
 model raised on into error records instead of a failed job.
 """
@@ -26,8 +28,9 @@ from apache_beam.ml.inference.base import (
     RunInference,
 )
 
-from model import OsNetEncoder
-from model.backends import planned_batch_size
+from model.checkpoint import load_osnet
+from model.engine import FeatureEngine
+from model.policy import RuntimePlan, local_gpu, plan_here, plan_runtime, settle
 from model.preprocess import resize_batch
 from transforms.errors import ERRORS_TAG, error_record
 from transforms import metrics
@@ -37,10 +40,10 @@ from transforms.reasons import Reason
 _LOG = logging.getLogger(__name__)
 _CACHE_DIR = os.path.join(tempfile.gettempdir(), "osnet-beam-weights")
 
-# One encoder per configuration per process, whatever number of DoFn copies or threads ask.
-_ENCODERS: dict[tuple, OsNetEncoder] = {}
-_ENCODERS_LOCK = threading.Lock()
-#: How many times this process built an encoder from weights (tests check it stays at one).
+# One engine per configuration per process, whatever number of DoFn copies or threads ask.
+_ENGINES: dict[tuple, FeatureEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+#: How many times this process built an engine from weights (tests check it stays at one).
 load_count = 0
 
 
@@ -66,8 +69,20 @@ def local_weights(path: str) -> str:
     return target
 
 
-class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, OsNetEncoder]):
-    """Crops (uint8 H x W x C arrays) in, 512-d float32 features out."""
+def _launch_plan(backend: str, device: str, precision: str, batch_size: Optional[int]) -> RuntimePlan:
+    """The plan a handler built without one makes: for this machine's GPU, if any (an explicit
+    ``device="cuda"`` is taken at its word, without one), leaving the CPU's bf16 check to the
+    worker."""
+    gpu = local_gpu("auto") if device != "cpu" else None
+    return plan_runtime(backend, device, precision, batch_size, gpu, cpu_is_here=False)
+
+
+class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, FeatureEngine]):
+    """Crops (uint8 H x W x C arrays) in, 512-d float32 features out.
+
+    ``plan`` is the launcher's :func:`model.policy.plan_runtime` for these options (the job's
+    builder passes it, made for the workers' GPU); without one the handler plans for this machine.
+    """
 
     def __init__(
         self,
@@ -81,6 +96,7 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, OsNetEncoder]):
         channel_order: str = "rgb",
         threads: Optional[int] = None,
         share_across_processes: bool = False,
+        plan: Optional[RuntimePlan] = None,
     ):
         super().__init__()
         self._weights = weights
@@ -92,11 +108,18 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, OsNetEncoder]):
         self._channel_order = channel_order
         self._threads = threads
         self._share_across_processes = share_across_processes
+        self._plan = plan or _launch_plan(backend, device, precision, batch_size)
+
+    @property
+    def plan(self) -> RuntimePlan:
+        """The launcher's plan: what Beam's batches are sized for."""
+        return self._plan
 
     def _config(self) -> tuple:
         return (
             self._weights,
             self._arch,
+            self._plan,
             self._device,
             self._backend,
             self._precision,
@@ -105,41 +128,43 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, OsNetEncoder]):
             self._threads,
         )
 
-    def load_model(self) -> OsNetEncoder:
+    def worker_plan(self) -> RuntimePlan:
+        """The plan this worker runs: its own for these options, with the launcher's batch size
+        unless its GPU holds less (:func:`model.policy.settle`); one warning where they differ."""
+        here = plan_here(self._backend, self._device, self._precision, self._batch_size)
+        settled, warning = settle(self._plan, here)
+        if warning:
+            _LOG.warning("%s", warning)
+        return settled
+
+    def load_model(self) -> FeatureEngine:
         global load_count
         key = self._config()
-        with _ENCODERS_LOCK:
-            encoder = _ENCODERS.get(key)
-            if encoder is None:
-                encoder = OsNetEncoder(
-                    weight_filepath=local_weights(self._weights),
-                    arch=self._arch,
-                    GPU={"auto": None, "cuda": True, "cpu": False}[self._device],
-                    backend=self._backend,
-                    precision=self._precision,
-                    batch_size=self._batch_size,
-                    channel_order=self._channel_order,
-                    threads=self._threads,
-                )
-                _ENCODERS[key] = encoder
+        with _ENGINES_LOCK:
+            engine = _ENGINES.get(key)
+            if engine is None:
+                plan = self.worker_plan()
+                module = load_osnet(local_weights(self._weights), arch=self._arch)
+                engine = FeatureEngine(module, plan, threads=self._threads, channel_order=self._channel_order)
+                _ENGINES[key] = engine
                 load_count += 1
-                _LOG.info("loaded %s from %s", encoder, self._weights)
-        return encoder
+                _LOG.info("loaded OSNet %s from %s: %s", module.arch, self._weights, plan.describe())
+        return engine
 
     def run_inference(
         self,
         batch: Sequence[np.ndarray],
-        model: OsNetEncoder,
+        model: FeatureEngine,
         inference_args: Optional[dict[str, Any]] = None,
     ) -> Iterable[PredictionResult]:
         if not self._share_across_processes and model.preprocesses_in_network_threads:
-            # CPU: each crop is resized and normalised on the thread that then runs it, so the
+            # CPU: each crop is resized and standardised on the thread that then runs it, so the
             # preprocessing is spread over the cores as the network is (bench/README.md).
-            features = model.encode_batch(batch)
+            features = model.encode_crops(batch)
         else:
             # Resized here, in the worker process that decoded the crops: with a model shared by
-            # the machine's processes, the model's process then only normalises and runs the
-            # network; on a GPU the device normalises.
+            # the machine's processes, the model's process then only standardises and runs the
+            # network; on a GPU the device standardises.
             pixels = resize_batch(batch, channel_order=self._channel_order)
             features = model.encode_pixels(pixels)
         return [PredictionResult(crop, vector) for crop, vector in zip(batch, features)]
@@ -151,9 +176,10 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, OsNetEncoder]):
         return metrics.NAMESPACE
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        """Batches of exactly the encoder's batch size (the last one of a bundle excepted): one
-        backend call each, no remainder chunk that leaves cores or the GPU half idle."""
-        size = self._batch_size or planned_batch_size(self._backend, self._device, self._precision)
+        """Batches of exactly the plan's batch size (the last one of a bundle excepted), the
+        engine's chunk: one network call each, no remainder chunk that leaves cores or the GPU
+        half idle."""
+        size = self._plan.batch_size
         return {"min_batch_size": size, "max_batch_size": size}
 
     def share_model_across_processes(self) -> bool:

@@ -1,0 +1,98 @@
+"""ONNX Runtime on the graph exported from the loaded module (fp32): the default CPU runtime."""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from torch import nn
+
+from model.export import check_export, export_onnx, export_onnx_dynamo
+from model.policy import check_runtime
+from model.runtimes.base import check_batch
+from model.runtimes.cpu import default_threads, map_crops, network_pool
+
+__all__ = ["OnnxRuntimeBackend"]
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise RuntimeError("backend='onnxruntime' needs the onnxruntime package (pip install onnxruntime)") from exc
+    return onnxruntime
+
+
+class OnnxRuntimeBackend:
+    """ONNX Runtime session on a graph exported from the module at construction (fp32 only).
+
+    On CPU the session runs single-threaded, and a batch is split into single crops run
+    concurrently on ``threads`` Python threads (default: every core this process may use;
+    ``InferenceSession.run`` releases the GIL). OSNet's operators are small (depthwise and 1x1
+    convolutions on small maps), so splitting one image over an intra-op pool pays a
+    synchronisation per operator, while independent images keep every core busy without one,
+    with identical features (bench/README.md, "Findings"). On CUDA the whole batch is one run. Several
+    processes on one machine should split the cores between them via ``threads``.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self, module: nn.Module, device: str = "cpu", threads: int | None = None, *, exporter: str = "auto",
+        flush_denormals: bool = True,
+    ) -> None:
+        check_runtime(self.name, device, "fp32")
+        if exporter not in ("auto", "dynamo"):
+            raise ValueError(f"exporter must be 'auto' or 'dynamo', not {exporter!r}")
+        ort = _onnxruntime()
+        self.device = device
+        on_cpu = device == "cpu"
+        if on_cpu:
+            providers: list[Any] = ["CPUExecutionProvider"]
+        else:
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError(
+                    "backend='onnxruntime' on CUDA needs onnxruntime-gpu (CUDAExecutionProvider); "
+                    f"available providers: {ort.get_available_providers()}"
+                )
+            index = int(device.partition(":")[2] or 0)
+            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        self.threads = threads or default_threads()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1 if on_cpu else self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        # Idle workers sleep instead of spinning: with other busy processes on the machine (Beam
+        # runs several SDK workers per VM) spinning threads steal the cores the work needs
+        # (bench/README.md, "Findings": ORT spin-waiting; bench/results/variants_model_one_core_busy.json).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        graph = export_onnx(module) if exporter == "auto" else export_onnx_dynamo(module)
+        self.session = ort.InferenceSession(graph, sess_options=options, providers=providers)
+        self._input = self.session.get_inputs()[0].name
+        # On CPU every run, one crop or many, is on the pool's threads, where denormals are flushed
+        # (a single-threaded session computes on the thread that calls it); the caller's thread
+        # keeps its mode. ORT's own "session.set_denormal_as_zero" only reaches its intra-op pool.
+        self.flush_denormals = bool(flush_denormals) and on_cpu
+        self._pool = network_pool(self.threads, "osnet-ort", self.flush_denormals) if on_cpu else None
+        check_export(self, module)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        (features,) = self.session.run(None, {self._input: batch})
+        return np.asarray(features, dtype=np.float32)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = check_batch(batch)
+        if self._pool is None:
+            return self._run(batch)
+        if len(batch) < 2:
+            return self._pool.submit(self._run, batch).result()
+        return np.concatenate(list(self._pool.map(self._run, np.split(batch, len(batch)))))
+
+    def map_crops(self, prepare: Callable[[Any], np.ndarray], crops: Sequence[Any]) -> np.ndarray:
+        """Features of ``crops``, each prepared (``prepare(crop)`` -> float32 (1, 3, H, W)) and
+        run on the same pool thread: the preprocessing uses every core too, between inferences,
+        instead of the caller's thread alone (Pillow and numpy release the GIL). CPU only."""
+        if self._pool is None:
+            raise RuntimeError("map_crops runs on the CPU pool; on CUDA call the backend on a batch")
+        return map_crops(self._pool, lambda crop: self._run(check_batch(prepare(crop))), crops)
