@@ -83,10 +83,20 @@ def child_loop(spec: dict) -> dict:
             "load_s": load_s, "torch_threads": torch.get_num_threads(), **rusage()}
 
 
+def _runtime_names() -> tuple[Any, Any]:
+    """``create_backend`` and ``OnnxRuntimeBackend`` of the tree under test: ``model.runtimes``, or
+    ``model.backends`` in baseline trees from before the runtimes were split one a module."""
+    try:
+        from model.runtimes import create_backend
+        from model.runtimes.onnx_runtime import OnnxRuntimeBackend
+    except ImportError:
+        from model.backends import OnnxRuntimeBackend, create_backend
+    return create_backend, OnnxRuntimeBackend
+
+
 def make_backend(module: Any, variant: str, threads: Optional[int]) -> Any:
     """A model-only variant of :data:`BACKEND_VARIANTS` on CPU."""
-    from model.runtimes import create_backend
-    from model.runtimes.onnx_runtime import OnnxRuntimeBackend
+    create_backend, OnnxRuntimeBackend = _runtime_names()
 
     if variant == "onnxruntime_noflush":
         return OnnxRuntimeBackend(module, "cpu", threads, flush_denormals=False)
@@ -100,10 +110,10 @@ def child_model(spec: dict) -> dict:
     precision also the cosine of its features to ONNX Runtime fp32's on the same images."""
     import numpy as np
 
-    from model.runtimes import create_backend
     from model.checkpoint import load_osnet
     from model.preprocess import preprocess_batch
 
+    create_backend, _ = _runtime_names()
     crops = load_crops(spec["table"], spec["images"])
     batch = preprocess_batch(crops)
     started = time.perf_counter()
