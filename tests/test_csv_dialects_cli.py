@@ -131,10 +131,12 @@ def test_semicolon_latin1_file_with_its_options_and_without(tmp_path, cells):
     assert "bad_encoding=2" in done.stdout
 
 
+# one refusal through the CLI by default; every option's refusal is checked in-process by
+# test_csv_dialect_properties.py::test_unusable_dialect_options_are_refused, the rest here in the full run
 @pytest.mark.parametrize("args, message", [
     (["--encoding", "utf-16"], "ASCII-compatible"),
-    (["--encoding", "klingon"], "not a Python codec"),
-    (["--csv_delimiter", ";;"], "--csv_delimiter"),
+    pytest.param(["--encoding", "klingon"], "not a Python codec", marks=pytest.mark.slow),
+    pytest.param(["--csv_delimiter", ";;"], "--csv_delimiter", marks=pytest.mark.slow),
 ])
 def test_unusable_dialect_options_exit_2_before_the_job(tmp_path, cells, args, message):
     pd.DataFrame({"file": ["a"], "feature_vector": [cells[0][1]]}).to_csv(tmp_path / "t.csv", index=False)
