@@ -105,6 +105,8 @@ def _shard(seed: pa.Table, path: Path, start: int, rows: int, **columns) -> pa.T
     return table
 
 
+# slow: test_parquet_source.py::test_schemas_unify_where_no_value_changes unifies (and says) in-process
+@pytest.mark.slow
 def test_shards_with_an_extra_column_and_a_wider_int_are_unified_and_said(seed, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -181,6 +183,8 @@ def test_pandas_index_comes_back_as_pandas_wrote_it(seed, tmp_path, index):
     pd.testing.assert_frame_equal(back.drop(columns="feature_vector"), expected.drop(columns="feature_vector"))
 
 
+# slow: test_parquet_source.py::test_hive_partition_types_follow_pyarrow_dataset reads the same in-process
+@pytest.mark.slow
 def test_hive_partition_columns_are_kept_with_pyarrows_types(seed, tmp_path):
     root = tmp_path / "table"
     start = 0
