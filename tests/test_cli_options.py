@@ -92,7 +92,7 @@ def _assert_refused(flags, returncode: int, stderr: str, messages: list[str]) ->
     assert "Traceback" not in stderr, flags
 
 
-# slow: nine CLI processes; the default suite refuses each value and path in-process (below), and
+# slow: a CLI process per refusal; the default suite refuses each value and path in-process (below), and
 # other CLI tests (test_csv_dialects_cli.py, test_cli_reruns.py) see a refusal's exit 2 and one line
 @pytest.mark.slow
 def test_bad_flags_values_and_paths_are_refused_at_the_cli(table, tmp_path):

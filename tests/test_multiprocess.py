@@ -40,7 +40,7 @@ def default_run(two_shards, tmp_path_factory) -> tuple[Path, dict[str, int]]:
 
 
 # a model per process (Beam's default) only in the full run: the shared case checks the same rows,
-# and test_console.py runs the CLI with two processes and a model each in the default suite
+# and test_console.py runs the CLI on two SDK processes, a model each, in the default suite
 @pytest.mark.parametrize(
     "extra, loads",
     [pytest.param([], 2, marks=pytest.mark.slow), (["--share_model_across_processes"], 1)],
