@@ -92,6 +92,9 @@ def _assert_refused(flags, returncode: int, stderr: str, messages: list[str]) ->
     assert "Traceback" not in stderr, flags
 
 
+# slow: a CLI process per refusal; the default suite refuses each value and path in-process (below), and
+# other CLI tests (test_csv_dialects_cli.py, test_cli_reruns.py) see a refusal's exit 2 and one line
+@pytest.mark.slow
 def test_bad_flags_values_and_paths_are_refused_at_the_cli(table, tmp_path):
     """Through the CLI: every bad value at once (each named), mistyped flags, each path refusal."""
     default = ["--input", str(table), "--output", str(tmp_path / "out")]
@@ -123,6 +126,15 @@ def test_each_bad_value_alone_is_refused(table, tmp_path, capsys, flags, message
     """Each check on its own (in-process main(), the CLI's entry point, to keep the suite fast)."""
     status = main(["--input", str(table), "--output", str(tmp_path / "out"), *flags])
     _assert_refused(flags, status, capsys.readouterr().err, [message])
+    assert not (tmp_path / "out").exists()
+
+
+def test_each_bad_path_alone_is_refused(table, tmp_path, capsys):
+    """The CLI test's path refusals through in-process main(), one at a time."""
+    default = ["--input", str(table), "--output", str(tmp_path / "out")]
+    for flags, message, absent in _path_refusals(tmp_path):
+        _assert_refused(flags, main([*default, *flags]), capsys.readouterr().err, [message])
+        assert not absent.exists(), flags
     assert not (tmp_path / "out").exists()
 
 

@@ -102,6 +102,9 @@ def test_shards_from_excel_and_tsv_with_other_types_lose_no_row(tmp_path, cells)
     assert [r["frame"] for r in rows] == [0, 1, 2, 3, 4, 5]
 
 
+# slow: three CLI runs; in-process, test_csv_dialect_properties.py reads cp1252 exactly, gives
+# bad_encoding errors with their bytes read as UTF-8, and names the delimiter in header errors
+@pytest.mark.slow
 def test_semicolon_latin1_file_with_its_options_and_without(tmp_path, cells):
     frame = pd.DataFrame({"frame": [0, 1, 2], "file": ["café.png", "naïve “quoted”.png", "plain.png"],
                           "feature_vector": [c for _, c in cells[:3]]})
@@ -131,10 +134,12 @@ def test_semicolon_latin1_file_with_its_options_and_without(tmp_path, cells):
     assert "bad_encoding=2" in done.stdout
 
 
+# one refusal through the CLI by default; every option's refusal is checked in-process by
+# test_csv_dialect_properties.py::test_unusable_dialect_options_are_refused, the rest here in the full run
 @pytest.mark.parametrize("args, message", [
     (["--encoding", "utf-16"], "ASCII-compatible"),
-    (["--encoding", "klingon"], "not a Python codec"),
-    (["--csv_delimiter", ";;"], "--csv_delimiter"),
+    pytest.param(["--encoding", "klingon"], "not a Python codec", marks=pytest.mark.slow),
+    pytest.param(["--csv_delimiter", ";;"], "--csv_delimiter", marks=pytest.mark.slow),
 ])
 def test_unusable_dialect_options_exit_2_before_the_job(tmp_path, cells, args, message):
     pd.DataFrame({"file": ["a"], "feature_vector": [cells[0][1]]}).to_csv(tmp_path / "t.csv", index=False)
@@ -143,6 +148,8 @@ def test_unusable_dialect_options_exit_2_before_the_job(tmp_path, cells, args, m
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
 
 
+# slow: test_csv_dialect_properties.py::test_bom_is_stripped_and_named_in_header_errors has the message
+@pytest.mark.slow
 def test_bom_in_a_file_read_as_latin1_is_refused_naming_it(tmp_path, cells):
     text = pd.DataFrame({"file": ["a"], "feature_vector": [cells[0][1]]}).to_csv(index=False)
     (tmp_path / "t.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())

@@ -25,6 +25,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MULTI_PROCESS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 N_ROWS = 1_000
 BAD_LINE_AFTER = 700  # a record with too few fields, deep inside the file (not in the first range)
+# slow: three 1,000-row CLI jobs, two of them on two SDK processes. The default suite keeps the same
+# facts cheaper: byte-range splits and gzip redistribution in test_csv_split.py, multi-process rows
+# in test_multiprocess.py.
+pytestmark = pytest.mark.slow
 PARSED = re.compile(r"csv records parsed by process (\d+): (\d+)")
 SUMMARY = re.compile(r"rows_read=(\d+) decoded=(\d+) encoded=(\d+) errors=(\d+)")
 

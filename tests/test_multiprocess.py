@@ -39,9 +39,11 @@ def default_run(two_shards, tmp_path_factory) -> tuple[Path, dict[str, int]]:
     return output, run(["--input", str(two_shards / "*.csv"), "--output", str(output)])
 
 
+# a model per process (Beam's default) only in the full run: the shared case checks the same rows,
+# and test_console.py runs the CLI on two SDK processes, a model each, in the default suite
 @pytest.mark.parametrize(
     "extra, loads",
-    [([], 2), (["--share_model_across_processes"], 1)],
+    [pytest.param([], 2, marks=pytest.mark.slow), (["--share_model_across_processes"], 1)],
     ids=["model-per-process", "model-shared-across-processes"],
 )
 def test_multi_processing_gives_the_default_runs_rows(

@@ -58,6 +58,9 @@ def one_process_features(seed, tmp_path_factory) -> dict[str, np.ndarray]:
     return {f: np.asarray(v, np.float32) for f, v in zip(table["file"].to_pylist(), table["feature_vector"].to_pylist())}
 
 
+# slow: a 1,024-row job on two processes; row-range splits of one row group are checked in-process
+# by test_parquet_source.py and multi-process rows by test_multiprocess.py in the default suite
+@pytest.mark.slow
 def test_one_row_group_spreads_over_two_processes_with_one_process_features(
     seed, one_process_features, tmp_path
 ):
@@ -102,6 +105,8 @@ def _shard(seed: pa.Table, path: Path, start: int, rows: int, **columns) -> pa.T
     return table
 
 
+# slow: test_parquet_source.py::test_schemas_unify_where_no_value_changes unifies (and says) in-process
+@pytest.mark.slow
 def test_shards_with_an_extra_column_and_a_wider_int_are_unified_and_said(seed, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -122,7 +127,10 @@ def test_shards_with_an_extra_column_and_a_wider_int_are_unified_and_said(seed, 
     assert got == want
 
 
-@pytest.mark.parametrize("other_type, values", [(pa.string(), ["x"] * 4), (pa.float64(), [0.5] * 4)])
+# the float case only in the full run: every refused pair is checked in-process by test_parquet_source.py
+@pytest.mark.parametrize("other_type, values", [
+    (pa.string(), ["x"] * 4), pytest.param(pa.float64(), [0.5] * 4, marks=pytest.mark.slow),
+])
 def test_shards_whose_types_cannot_be_unified_exit_2_naming_both_files_and_the_column(
     seed, tmp_path, other_type, values
 ):
@@ -149,7 +157,8 @@ def test_two_columns_with_one_name_exit_2_naming_the_file_and_column(seed, tmp_p
     assert "dup.parquet" in message and "'file'" in message, message
 
 
-@pytest.mark.parametrize("index", ["named", "multi", "range"])
+# a named index only in the full run: test_parquet_source.py checks it in-process
+@pytest.mark.parametrize("index", [pytest.param("named", marks=pytest.mark.slow), "multi", "range"])
 def test_pandas_index_comes_back_as_pandas_wrote_it(seed, tmp_path, index):
     frame = seed.slice(0, 8).to_pandas()
     if index == "named":
@@ -174,6 +183,8 @@ def test_pandas_index_comes_back_as_pandas_wrote_it(seed, tmp_path, index):
     pd.testing.assert_frame_equal(back.drop(columns="feature_vector"), expected.drop(columns="feature_vector"))
 
 
+# slow: test_parquet_source.py::test_hive_partition_types_follow_pyarrow_dataset reads the same in-process
+@pytest.mark.slow
 def test_hive_partition_columns_are_kept_with_pyarrows_types(seed, tmp_path):
     root = tmp_path / "table"
     start = 0

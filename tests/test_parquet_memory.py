@@ -12,10 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROWS = 2000  # about 60 MiB, then 120 MiB, of real crops in one row group
 
 
+# slow: four fresh DirectRunner processes; the bound it measures (batches of bounded bytes whatever
+# the row group) is asserted in-process by test_parquet_source.py::test_bounded_batches_whatever_the_row_group
+@pytest.mark.slow
 def test_peak_rss_of_reading_one_row_group_stays_flat_while_beams_grows(seed_table, tmp_path):
     summary = tmp_path / "memory.json"
     done = subprocess.run(

@@ -260,6 +260,9 @@ def _portable_args(portable_services) -> list[str]:
     ]
 
 
+# slow: the portable path itself is the first test's; these input paths are the DirectRunner's
+# (test_csv_split.py, test_parquet_source.py) and need only the full run
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gzip_csv", "single_row_group_parquet"])
 def test_portable_runner_reads_gzip_csv_and_one_row_group_parquet_as_the_direct_runner(
     kind, small_table, seed_table, portable_services, tmp_path

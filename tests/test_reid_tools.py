@@ -214,6 +214,9 @@ def _in_terminal(args: list[str]) -> tuple[int, str]:
     return process.wait(timeout=600), b"".join(chunks).decode("utf-8", "replace")
 
 
+# slow: 21M pairs, twice; test_reid_metrics.py::test_progress_counts_every_query_once checks the
+# progress the bar is drawn from
+@pytest.mark.slow
 def test_evaluate_shows_a_progress_bar_on_a_terminal_only(tmp_path):
     n = 4600  # 21M (query, gallery) pairs: over the progress threshold, seconds to run
     rng = np.random.default_rng(3)
