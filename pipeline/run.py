@@ -56,27 +56,77 @@ class Stopped(KeyboardInterrupt):
 
 
 _STOPPED: list[int] = []
+#: Set once this run's cleanup has begun: later signals wait for it instead of interrupting it.
+_CLEANING = threading.Event()
+#: How often, and how many times, a stop is raised again while it has not reached our cleanup.
+_RESTOP_EVERY_S, _RESTOP_TRIES = 1.0, 10
 
 
 @contextlib.contextmanager
 def _signals_stop_the_job() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`Stopped` in the launcher (main thread only)."""
+    """SIGINT and SIGTERM raise :class:`Stopped` in the launcher (main thread only).
+
+    Python runs the handler between two bytecodes of the main thread, wherever it is: an
+    exception raised there can be swallowed (inside a weakref callback or a ``__del__`` it is
+    only printed), so the job would run on. A watchdog raises the stop again every second until
+    the cleanup has begun, and a job that finishes after a stop still ends as stopped.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum, _frame):
+        if _CLEANING.is_set():
+            return  # cleaning up must not be interrupted again
+        if not _STOPPED:
+            threading.Thread(target=_raise_again_until_cleaning, args=(signum,), name="osnet-stop", daemon=True).start()
         _STOPPED.append(signum)
-        for each in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(each, signal.SIG_IGN)  # cleaning up must not be interrupted again
         raise Stopped(signum)
 
+    _CLEANING.clear()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+        if _STOPPED:  # the stop was swallowed and the job ran to its end: it still ends as asked
+            raise Stopped(_STOPPED[0])
     finally:
         for each, handler in previous.items():
             signal.signal(each, handler)
+
+
+def _raise_again_until_cleaning(signum: int) -> None:
+    main = threading.main_thread()
+    for _ in range(_RESTOP_TRIES):
+        if _CLEANING.wait(_RESTOP_EVERY_S) or not main.is_alive():
+            return
+        signal.pthread_kill(main.ident, signum)
+
+
+class _QuietStop(logging.Filter):
+    """Drops the reports of a requested stop travelling up through Beam's frames.
+
+    The signal raises :class:`Stopped` wherever the main thread is, often inside a DoFn's setup
+    or a bundle; Beam logs such an exception with its traceback before passing it on, and Python
+    prints one it had to swallow. The stop is what the user asked for, and its one line is
+    ``osnet-beam: stopped by SIG...``.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _STOPPED:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        while error is not None:
+            if isinstance(error, Stopped):
+                return False
+            error = error.__cause__ or error.__context__
+        return f"{Stopped.__module__}.{Stopped.__name__}" not in record.getMessage()
+
+
+def _quiet_unraisable_stop(unraisable) -> None:
+    """A stop Python had to swallow (raised in a weakref callback or ``__del__``) is not printed:
+    the watchdog raises it again where it can travel."""
+    if not isinstance(unraisable.exc_value, Stopped):
+        sys.__unraisablehook__(unraisable)
 
 
 def job_counters(result: beam.runners.runner.PipelineResult) -> Optional[dict[str, int]]:
@@ -265,6 +315,7 @@ def execute(argv: Optional[Sequence[str]] = None) -> Outcome:
 def _after_failure(options, plan, result, created_dir: bool, error: BaseException) -> None:
     """Remove what this run left (never the previous run's files); cancel a remote job first."""
     ours = options.view_as(OsNetOptions)
+    _CLEANING.set()
     for each in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not the main thread
             signal.signal(each, signal.SIG_IGN)
@@ -293,6 +344,9 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, int]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; the exit statuses are in this module's docstring."""
     configure_logging(_log_level(argv))
+    for handler in logging.getLogger().handlers:  # this process is the CLI's: for its whole life
+        handler.addFilter(_QuietStop())
+    sys.unraisablehook = _quiet_unraisable_stop
     _STOPPED.clear()
     try:
         outcome = execute(argv)
