@@ -32,6 +32,7 @@ setup(
         # [gcp] lets the tests build a Dataflow job offline (--dry_run) as a user would submit it
         "test": [
             "pytest>=7",
+            "ruff>=0.6",  # .ci/run lints with ruff.toml's checks
             "pytest-xdist>=3.5",  # pytest.ini's -n 2: the suite on both cores of a 2-core machine
             "hypothesis>=6.80",
             "pandas>=2,<2.4",

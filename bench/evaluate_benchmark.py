@@ -85,7 +85,7 @@ def main() -> int:
         print(json.dumps(run_one(args.one, args.rows)))
         return 0
     results: dict[str, dict] = {}
-    for repeat in range(args.repeats):
+    for _repeat in range(args.repeats):
         for config in CONFIGS:  # interleaved, so a busy spell hits every configuration
             done = subprocess.run([sys.executable, __file__, "--one", config, "--rows", str(args.rows)],
                                   cwd=REPO_ROOT, capture_output=True, text=True, check=True)

@@ -20,7 +20,8 @@ Three sections, each its own result in ``--out`` (default bench/results/gpu_late
   with a CUDA synchronise).
 - ``e2e``: the pipeline as ``python -m pipeline`` builds it (CSV in, Parquet out, ``--device
   cuda --precision fp16``) on the DirectRunner with 1..N SDK worker processes, each with its own
-  model or one model shared by them, at chosen batch sizes (``--e2e-configs``), rows stamped as they leave the model, from every process. Reports the steady rate over the
+  model or one model shared by them, at chosen batch sizes (``--e2e-configs``), rows stamped as
+  they leave the model, from every process. Reports the steady rate over the
   central 90% of rows, the first-to-last rate, start-up and wall time, and the ratio to the
   model alone (pixels path, the pipeline's batch size and precision).
 
@@ -358,7 +359,7 @@ def markdown(result: dict[str, Any]) -> str:
              f"`{meta['command']}`.", ""]
     parity = result.get("parity", {}).get("checkpoints", {})
     if parity:
-        lines += ["| checkpoint | precision | cosine vs fp32 (min) | cosine vs torchreid (min) | max abs diff vs torchreid | rank-1 / mAP |",
+        lines += ["| checkpoint | precision | cosine vs fp32 (min) | cosine vs torchreid (min) | max abs diff vs torchreid | rank-1 / mAP |",  # noqa: E501 (a table row)
                   "|---|---|---|---|---|---|"]
         for stem, per in parity.items():
             for precision in PRECISIONS:

@@ -46,7 +46,7 @@ def machine_info() -> dict[str, Any]:
                 info["cpu_model"] = line.split(":", 1)[1].strip()
                 break
     with contextlib.suppress(OSError):
-        flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")), "")
+        flags = next((text for text in Path("/proc/cpuinfo").read_text().splitlines() if text.startswith("flags")), "")
         info["avx2"] = " avx2" in flags
         info["avx512f"] = " avx512f" in flags
     with contextlib.suppress(Exception):

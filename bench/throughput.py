@@ -56,7 +56,7 @@ def run_bench(args: argparse.Namespace, shared: Optional[Path], workdir: Path,
 
         def child(kind: str, key: str, spec: dict, label: str, repeat: int) -> None:
             """``kind`` from every tree, this checkout first in even repeats, the baseline first in odd ones."""
-            for tree_name, tree in (trees if repeat % 2 == 0 else trees[::-1]):
+            for _tree_name, tree in (trees if repeat % 2 == 0 else trees[::-1]):
                 prefix = "" if tree is None else "baseline_"
                 output = workdir / f"{prefix}{label}_out"
                 spec = {**spec, "output": str(output)} if kind == "e2e" else spec

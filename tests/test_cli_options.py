@@ -167,7 +167,7 @@ def test_dataflow_dry_run_says_what_it_would_submit(table, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    line = [l for l in done.stdout.splitlines() if l.startswith("osnet-beam: dry run:")]
+    line = [text for text in done.stdout.splitlines() if text.startswith("osnet-beam: dry run:")]
     assert line, done.stdout
     assert "DataflowRunner would run job osnet-dry (project my-project, region us-central1)" in line[0]
     assert "1 csv input file(s)" in line[0] and "model osnet_x0_25" in line[0] and "nothing was submitted" in line[0]

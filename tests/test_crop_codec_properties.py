@@ -61,7 +61,7 @@ def mutated_cells(draw) -> str:
         else:
             key = draw(st.sampled_from(["width", "height", "colors"]))
             number = str(draw(st.integers(-(2**70), 2**70) | st.sampled_from(["0", "-0", "1.0", "True", "'3'"])))
-            cell = re.sub(f"('{key}': )[^,}}]*", lambda match: match.group(1) + number, cell, count=1)
+            cell = re.sub(f"('{key}': )[^,}}]*", lambda match, number=number: match.group(1) + number, cell, count=1)
     return cell
 
 

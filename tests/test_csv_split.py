@@ -91,7 +91,7 @@ def reference(data: bytes) -> list[tuple]:
     records = csv_records.iter_raw_records(io.BytesIO(data))
     next(records)
     out = []
-    for line, raw, balanced in records:
+    for line, raw, _balanced in records:
         out += [_key(r, line) for r in csv_records.iter_records([raw], N_FIELDS)]
     return out
 

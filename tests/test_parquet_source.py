@@ -11,7 +11,6 @@ import datetime
 import tempfile
 from pathlib import Path
 
-import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest

@@ -244,7 +244,7 @@ def test_no_wait_returns_at_once_and_the_job_writes_its_manifest(small_table, po
         f"--environment_config={portable_services['worker_pool']}", "--no_wait",
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    line = [l for l in done.stdout.splitlines() if l.startswith("osnet-beam: submitted to PortableRunner: job ")]
+    line = [text for text in done.stdout.splitlines() if text.startswith("osnet-beam: submitted to PortableRunner: job ")]
     assert line and "not waiting" in line[0], done.stdout
     wait_for(lambda: (out / "_SUCCESS.json").exists(), timeout=JOB_TIMEOUT_S, what="the job's manifest")
     assert read_features(str(out)).num_rows == 40 and len(manifest_errors(str(out))) == 3

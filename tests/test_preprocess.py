@@ -35,7 +35,7 @@ def test_real_crops_match_the_reference_recipe(real_crops_dir):
     crops = [read_crop(p) for p in paths]
     batch = preprocess_batch(crops)
     assert batch.shape == (len(crops), 3, 256, 128) and batch.dtype == np.float32 and batch.flags.c_contiguous
-    for crop, row, path in zip(crops, batch, paths):
+    for _crop, row, path in zip(crops, batch, paths):
         with Image.open(path) as image:
             np.testing.assert_allclose(row, _expected(image), atol=1e-6, err_msg=str(path))
 

@@ -326,7 +326,7 @@ class CsvFileSource(FileBasedSource):
                 iter(stream.readline, b""), max_record_bytes=self._dialect.max_record_bytes
             )
             next(records, None)  # the header, checked at planning
-            for line, data, balanced in records:
+            for line, data, _balanced in records:
                 if not range_tracker.try_claim(line):
                     return
                 if data:

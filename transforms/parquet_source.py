@@ -204,7 +204,7 @@ def unify(files: Sequence[str], schemas: Sequence[pa.Schema]) -> tuple[pa.Schema
     notes = []
     for field in unified:
         having = [(f, s.field(field.name).type) for f, s in zip(files, schemas) if field.name in s.names]
-        for path, arrow_type in having:
+        for _path, arrow_type in having:
             if not _lossless(arrow_type, field.type):
                 raise ParquetInputError(_type_conflict(files, schemas, field.name))
         kinds = sorted({str(t) for _, t in having})
