@@ -28,10 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+if not __package__:  # run as a script
+    import _as_package  # noqa: F401
+
 BENCH_DIR = Path(__file__).resolve().parent
-if sys.path and Path(sys.path[0]).resolve() == BENCH_DIR:
-    sys.path.pop(0)
-sys.path.insert(0, str(BENCH_DIR.parent))
 
 from bench.harness import log  # noqa: E402
 from bench.machine import DEFAULT_OUT, find_shared, machine_info  # noqa: E402

@@ -52,11 +52,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-BENCH_DIR = Path(__file__).resolve().parent
-if sys.path and Path(sys.path[0]).resolve() == BENCH_DIR:
-    sys.path.pop(0)  # run as a script: import this folder as the package ``bench``, not loose files
-if str(BENCH_DIR.parent) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR.parent))
+if not __package__:  # run as a script
+    import _as_package  # noqa: F401
 
 from bench import baseline, report  # noqa: E402
 from bench.checkpoints import BENCH_ARCH, DEFAULT_MODELS, MODELS  # noqa: E402

@@ -35,12 +35,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-if sys.path and Path(sys.path[0]).resolve() == BENCH_DIR:
-    sys.path.pop(0)
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+if not __package__:  # run as a script
+    import _as_package  # noqa: F401
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 from bench.harness import run_measured, tree_env  # noqa: E402
 from bench.machine import find_shared  # noqa: E402

@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pipeline import feature_table, report
-from pipeline.evaluate import add_label_arguments, crop_pixels, query_mask, run_evaluation
+from pipeline.evaluate import add_label_arguments, add_report_arguments, crop_pixels, query_mask, run_evaluation
 from pipeline.feature_table import ToolError
 
 _CHUNK_ROWS = 65536
@@ -32,10 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--key", nargs="+", metavar="COLUMN",
                         help="columns that name a row in both runs (default: every pass-through column of OUT_A)")
     add_label_arguments(parser, required=False)
-    parser.add_argument("--input", metavar="TABLE", help="the input table (glob): crops for --report")
-    parser.add_argument("--image_column", default="feature_vector", help="the input's crop column")
-    parser.add_argument("--json", metavar="PATH", help="write the figures as a JSON object")
-    parser.add_argument("--report", metavar="DIR", help="write DIR/report.html")
+    add_report_arguments(parser, "the input table (glob): crops for --report")
     parser.add_argument("--moved", type=int, default=12, metavar="N",
                         help="rows shown in the report, those whose features moved most (default 12)")
     return parser

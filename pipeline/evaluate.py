@@ -37,18 +37,23 @@ def add_label_arguments(parser: argparse.ArgumentParser, required: bool) -> None
                         help="where the similarities are computed (default cpu)")
 
 
+def add_report_arguments(parser: argparse.ArgumentParser, input_help: str) -> None:
+    """Options shared with ``compare``: where the crops are, and the figures' JSON and HTML."""
+    parser.add_argument("--input", metavar="TABLE", help=input_help)
+    parser.add_argument("--image_column", default="feature_vector", help="the input's crop column")
+    parser.add_argument("--json", metavar="PATH", help="write the figures as a JSON object")
+    parser.add_argument("--report", metavar="DIR", help="write DIR/report.html")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.evaluate",
         description="Cross-camera re-identification figures (rank-1/5/10, mAP, mINP) of a run's features.")
     parser.add_argument("--features", required=True, metavar="OUT", help="the run's output directory")
-    parser.add_argument("--input", metavar="TABLE", help="the run's input table (glob): crops for --report")
-    parser.add_argument("--image_column", default="feature_vector", help="the input's crop column")
     parser.add_argument("--key", nargs="+", metavar="COLUMN",
                         help="columns that match a features row to its input row (default: every pass-through column)")
     add_label_arguments(parser, required=True)
-    parser.add_argument("--json", metavar="PATH", help="write the figures as a JSON object")
-    parser.add_argument("--report", metavar="DIR", help="write DIR/report.html")
+    add_report_arguments(parser, "the run's input table (glob): crops for --report")
     parser.add_argument("--gallery_queries", type=int, default=12, metavar="N",
                         help="queries shown in the report's ranked gallery (default 12)")
     parser.add_argument("--max_queries", type=int, default=0, metavar="N",

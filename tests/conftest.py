@@ -39,3 +39,11 @@ def shared_weights_dir(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def seed_table(shared_dir: Path) -> Path:
     return _require(shared_dir / "data" / "seed_format" / "real_crops.csv")
+
+
+@pytest.fixture(scope="module")
+def module(shared_weights_dir: Path):
+    """The trained osnet_x0_25 MSMT17 network (the bundled default's weights), once per test module."""
+    from model import load_osnet
+
+    return load_osnet(shared_weights_dir / "osnet_x0_25_msmt17.pth")

@@ -2,21 +2,15 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from model import FeatureBackend, create_backend, load_osnet
+from model import FeatureBackend, create_backend
 from model.runtimes.onnx_runtime import OnnxRuntimeBackend
 from model.runtimes.torch_eager import TorchBackend
 from testkit.reference import row_cosine
-
-
-@pytest.fixture(scope="module")
-def module(shared_weights_dir: Path) -> torch.nn.Module:
-    return load_osnet(shared_weights_dir / "osnet_x0_25_msmt17.pth")
 
 
 @pytest.fixture(scope="module")

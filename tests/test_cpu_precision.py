@@ -3,14 +3,13 @@ precision rule (model.policy), and the opt-in bf16 mode's fidelity on the shared
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import model.policy as policy
-from model import OsNetEncoder, create_backend, load_osnet, plan_runtime, preprocess_batch
+from model import OsNetEncoder, create_backend, plan_runtime, preprocess_batch
 from model.policy import cpu_supports_bf16
 from model.runtimes.cpu import thread_flushes_denormals
 from model.runtimes.onnx_runtime import OnnxRuntimeBackend
@@ -18,11 +17,6 @@ from model.runtimes.torch_eager import TorchBackend
 from testkit.reference import cross_camera_retrieval, load_reference, read_labels, row_cosine
 
 needs_bf16_cpu = pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no AVX512-BF16/AMX")
-
-
-@pytest.fixture(scope="module")
-def module(shared_weights_dir: Path) -> torch.nn.Module:
-    return load_osnet(shared_weights_dir / "osnet_x0_25_msmt17.pth")
 
 
 @pytest.fixture(scope="module")

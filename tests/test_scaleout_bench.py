@@ -5,7 +5,6 @@ for the default suite on a 2-core machine, so only its arithmetic and inputs are
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,10 +17,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "scaleout.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_scaleout_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from bench import scaleout
+
+    return scaleout
 
 
 def test_built_inputs_are_one_csv_file_or_one_row_group(bench, shared_dir, tmp_path):
