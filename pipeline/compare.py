@@ -17,22 +17,21 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pipeline import feature_table, report
-from pipeline.evaluate import add_label_arguments, add_report_arguments, crop_pixels, query_mask, run_evaluation
+from pipeline.evaluate import crop_pixels, tool_parser, query_mask, run_evaluation
 from pipeline.feature_table import ToolError
 
 _CHUNK_ROWS = 65536
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.compare",
-        description="Compare two runs' features row by row (e.g. fp32 vs fp16, CPU vs GPU, two checkpoints).")
+    parser = tool_parser(
+        "python -m pipeline.compare",
+        "Compare two runs' features row by row (e.g. fp32 vs fp16, CPU vs GPU, two checkpoints).",
+        labels_required=False,
+        key_help="columns that name a row in both runs (default: every pass-through column of OUT_A)",
+        input_help="the input table (glob): crops for --report")
     parser.add_argument("run_a", metavar="OUT_A", help="first run's output directory")
     parser.add_argument("run_b", metavar="OUT_B", help="second run's output directory")
-    parser.add_argument("--key", nargs="+", metavar="COLUMN",
-                        help="columns that name a row in both runs (default: every pass-through column of OUT_A)")
-    add_label_arguments(parser, required=False)
-    add_report_arguments(parser, "the input table (glob): crops for --report")
     parser.add_argument("--moved", type=int, default=12, metavar="N",
                         help="rows shown in the report, those whose features moved most (default 12)")
     return parser

@@ -25,35 +25,36 @@ PROGRESS_PAIRS = 20_000_000
 TOP_K = 10
 
 
-def add_label_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
-    """Options shared with ``compare``: the label columns and the features column."""
-    parser.add_argument("--id_column", required=required, help="column holding the person identity")
-    parser.add_argument("--camera_column", required=required, help="column holding the camera")
+def tool_parser(prog: str, description: str, *, labels_required: bool, key_help: str,
+                input_help: str) -> argparse.ArgumentParser:
+    """The parser of ``evaluate`` or ``compare`` with the options they share: the key and label
+    columns, the features column, where the similarities are computed, where the crops are, and
+    the figures' JSON and HTML."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--key", nargs="+", metavar="COLUMN", help=key_help)
+    parser.add_argument("--id_column", required=labels_required, help="column holding the person identity")
+    parser.add_argument("--camera_column", required=labels_required, help="column holding the camera")
     parser.add_argument("--query_cameras", nargs="+", metavar="CAMERA",
                         help="only crops of these cameras query (default: every crop)")
     parser.add_argument("--feature_column", default=None,
                         help="features column (default: the list<float> column; feature_vector for CSV runs)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
                         help="where the similarities are computed (default cpu)")
-
-
-def add_report_arguments(parser: argparse.ArgumentParser, input_help: str) -> None:
-    """Options shared with ``compare``: where the crops are, and the figures' JSON and HTML."""
     parser.add_argument("--input", metavar="TABLE", help=input_help)
     parser.add_argument("--image_column", default="feature_vector", help="the input's crop column")
     parser.add_argument("--json", metavar="PATH", help="write the figures as a JSON object")
     parser.add_argument("--report", metavar="DIR", help="write DIR/report.html")
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.evaluate",
-        description="Cross-camera re-identification figures (rank-1/5/10, mAP, mINP) of a run's features.")
+    parser = tool_parser(
+        "python -m pipeline.evaluate",
+        "Cross-camera re-identification figures (rank-1/5/10, mAP, mINP) of a run's features.",
+        labels_required=True,
+        key_help="columns that match a features row to its input row (default: every pass-through column)",
+        input_help="the run's input table (glob): crops for --report")
     parser.add_argument("--features", required=True, metavar="OUT", help="the run's output directory")
-    parser.add_argument("--key", nargs="+", metavar="COLUMN",
-                        help="columns that match a features row to its input row (default: every pass-through column)")
-    add_label_arguments(parser, required=True)
-    add_report_arguments(parser, "the run's input table (glob): crops for --report")
     parser.add_argument("--gallery_queries", type=int, default=12, metavar="N",
                         help="queries shown in the report's ranked gallery (default 12)")
     parser.add_argument("--max_queries", type=int, default=0, metavar="N",
