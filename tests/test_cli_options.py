@@ -177,6 +177,21 @@ def test_dataflow_dry_run_says_what_it_would_submit(table, tmp_path):
     assert bad.returncode == 2 and "Invalid Project ID (p)" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-2000:]
 
 
+def test_dataflow_gpu_batches_are_planned_for_the_attached_card(table):
+    """The launcher sizes Beam's batches for the GPU Dataflow attaches (deploy/dataflow/submit.sh's
+    T4: 64, what 16 processes' batches fit in its memory), and refuses a runtime that cannot run
+    the asked precision before anything is submitted."""
+    dataflow = ["--output", "gs://my-bucket/out", "--runner=DataflowRunner", "--dry_run=True", "--project=my-project",
+                "--region=us-central1", "--temp_location=gs://my-bucket/tmp"]
+    t4 = "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
+    done = cli("--input", str(table), *dataflow, t4, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "torch on cuda, fp32, batch 64 as planned for the workers" in done.stderr, done.stderr[-2000:]
+    bad = cli("--input", str(table), *dataflow, "--device=cuda", "--backend=onnxruntime", "--precision=fp16", timeout=180)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+    assert "--backend onnxruntime --device cuda --precision fp16: the onnxruntime backend runs fp32 only" in bad.stderr
+
+
 def test_tilde_and_literal_bracket_paths(table, tmp_path):
     home = tmp_path / "home"
     (home / "in").mkdir(parents=True)
