@@ -89,6 +89,11 @@ def _signals_stop_the_job() -> Iterator[None]:
         yield
         if _STOPPED:  # the stop was swallowed and the job ran to its end: it still ends as asked
             raise Stopped(_STOPPED[0])
+    except BaseException:
+        # set before the handlers are restored: the watchdog must not send a signal the default
+        # handler would die of, between here and the cleanup
+        _CLEANING.set()
+        raise
     finally:
         for each, handler in previous.items():
             signal.signal(each, handler)
