@@ -13,10 +13,9 @@ import contextlib
 import logging
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -24,9 +23,11 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOption
 
 from model import CheckpointError
 from pipeline import outputs
-from pipeline.build import build_pipeline, plan_job
+from pipeline.build import JobPlan, build_pipeline, plan_job
 from pipeline.console import LOG_LEVELS, LocalProgress, Totals, configure_logging, watch_remote_job
+from pipeline import stop
 from pipeline.options import OsNetOptions
+from pipeline.stop import StopGuard
 from pipeline.validate import OptionError, check_known_args, runs_in_this_process, runs_on_this_machine, wants_no_wait
 from transforms import metrics
 from transforms.read import InputError, input_totals
@@ -45,93 +46,6 @@ def _log_level(argv: Optional[Sequence[str]]) -> str:
 
 _LOG_LEVEL_PARSER = argparse.ArgumentParser(add_help=False)
 _LOG_LEVEL_PARSER.add_argument("--log_level", default="warning", choices=LOG_LEVELS)
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived while the job ran."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-_STOPPED: list[int] = []
-#: Set once this run's cleanup has begun: later signals wait for it instead of interrupting it.
-_CLEANING = threading.Event()
-#: How often, and how many times, a stop is raised again while it has not reached our cleanup.
-_RESTOP_EVERY_S, _RESTOP_TRIES = 1.0, 10
-
-
-@contextlib.contextmanager
-def _signals_stop_the_job() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`Stopped` in the launcher (main thread only).
-
-    Python runs the handler between two bytecodes of the main thread, wherever it is: an
-    exception raised there can be swallowed (inside a weakref callback or a ``__del__`` it is
-    only printed), so the job would run on. A watchdog raises the stop again every second until
-    the cleanup has begun, and a job that finishes after a stop still ends as stopped.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, _frame):
-        if _CLEANING.is_set():
-            return  # cleaning up must not be interrupted again
-        if not _STOPPED:
-            threading.Thread(target=_raise_again_until_cleaning, args=(signum,), name="osnet-stop", daemon=True).start()
-        _STOPPED.append(signum)
-        raise Stopped(signum)
-
-    _CLEANING.clear()
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-        if _STOPPED:  # the stop was swallowed and the job ran to its end: it still ends as asked
-            raise Stopped(_STOPPED[0])
-    except BaseException:
-        # set before the handlers are restored: the watchdog must not send a signal the default
-        # handler would die of, between here and the cleanup
-        _CLEANING.set()
-        raise
-    finally:
-        for each, handler in previous.items():
-            signal.signal(each, handler)
-
-
-def _raise_again_until_cleaning(signum: int) -> None:
-    main = threading.main_thread()
-    for _ in range(_RESTOP_TRIES):
-        if _CLEANING.wait(_RESTOP_EVERY_S) or not main.is_alive():
-            return
-        signal.pthread_kill(main.ident, signum)
-
-
-class _QuietStop(logging.Filter):
-    """Drops the reports of a requested stop travelling up through Beam's frames.
-
-    The signal raises :class:`Stopped` wherever the main thread is, often inside a DoFn's setup
-    or a bundle; Beam logs such an exception with its traceback before passing it on, and Python
-    prints one it had to swallow. The stop is what the user asked for, and its one line is
-    ``osnet-beam: stopped by SIG...``.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not _STOPPED:
-            return True
-        error = record.exc_info[1] if record.exc_info else None
-        while error is not None:
-            if isinstance(error, Stopped):
-                return False
-            error = error.__cause__ or error.__context__
-        return f"{Stopped.__module__}.{Stopped.__name__}" not in record.getMessage()
-
-
-def _quiet_unraisable_stop(unraisable) -> None:
-    """A stop Python had to swallow (raised in a weakref callback or ``__del__``) is not printed:
-    the watchdog raises it again where it can travel."""
-    if not isinstance(unraisable.exc_value, Stopped):
-        sys.__unraisablehook__(unraisable)
 
 
 def job_counters(result: beam.runners.runner.PipelineResult) -> Optional[dict[str, int]]:
@@ -282,23 +196,19 @@ def execute(argv: Optional[Sequence[str]] = None) -> Outcome:
         if progress is not None:
             progress.close()
         raise
-    result = None
-    try:
-        with _signals_stop_the_job(), progress or contextlib.nullcontext():
-            result = pipeline.run()
-            if wants_no_wait(options):
-                _print_submitted(options, plan, result)
-                return Outcome({})
-            if progress is None and ours.progress != "off":
-                watch_remote_job(result, job_counters, totals, ours.progress_interval)
-            else:
-                result.wait_until_finish()
-            state = str(getattr(result, "state", ""))
-            if any(s in state for s in ("FAILED", "CANCELLED", "STOPPED")):
-                raise RuntimeError(f"the job ended in state {state}")
-    except BaseException as error:
-        _after_failure(options, plan, result, created, error)
-        raise
+    job = _Cleanup(options, plan, created)
+    with StopGuard(job), progress or contextlib.nullcontext():
+        job.result = result = pipeline.run()
+        if wants_no_wait(options):
+            _print_submitted(options, plan, result)
+            return Outcome({})
+        if progress is None and ours.progress != "off":
+            watch_remote_job(result, job_counters, totals, ours.progress_interval)
+        else:
+            result.wait_until_finish()
+        state = str(getattr(result, "state", ""))
+        if any(s in state for s in ("FAILED", "CANCELLED", "STOPPED")):
+            raise RuntimeError(f"the job ended in state {state}")
     manifest = outputs.read_manifest(ours.output)
     if manifest is None or manifest.get("run_id") != plan.run_id:
         raise RuntimeError(f"the job finished but wrote no manifest of run {plan.run_id} in {ours.output}")
@@ -317,28 +227,28 @@ def execute(argv: Optional[Sequence[str]] = None) -> Outcome:
     return Outcome(counters, manifest, failure)
 
 
-def _after_failure(options, plan, result, created_dir: bool, error: BaseException) -> None:
-    """Remove what this run left (never the previous run's files); cancel a remote job first."""
-    ours = options.view_as(OsNetOptions)
-    _CLEANING.set()
-    for each in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):  # not the main thread
-            signal.signal(each, signal.SIG_IGN)
-    try:
-        if result is not None and not runs_in_this_process(options):
+@dataclass
+class _Cleanup:
+    """What a failed or stopped run leaves is removed (never the previous run's files); a remote
+    job is cancelled first."""
+
+    options: OsNetOptions
+    plan: JobPlan
+    created_dir: bool
+    result: Optional[beam.runners.runner.PipelineResult] = None
+
+    def __call__(self) -> None:
+        ours = self.options.view_as(OsNetOptions)
+        if self.result is not None and not runs_in_this_process(self.options):
             try:
-                result.cancel()
+                self.result.cancel()
             except Exception as cancel_error:  # noqa: BLE001
                 _LOG.error("could not cancel the job (%s): it may still be running and will write "
                            "%s itself; its files were left alone", cancel_error, ours.output)
                 return
-        removed = outputs.cleanup_failed_run(ours.output, plan.run_id, remove_dir=created_dir)
+        removed = outputs.cleanup_failed_run(ours.output, self.plan.run_id, remove_dir=self.created_dir)
         if removed:
             _LOG.info("removed this run's unfinished files: %s", removed)
-    finally:
-        for each in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):
-                signal.signal(each, signal.default_int_handler if each == signal.SIGINT else signal.SIG_DFL)
 
 
 def run(argv: Optional[Sequence[str]] = None) -> dict[str, int]:
@@ -349,21 +259,19 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, int]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; the exit statuses are in this module's docstring."""
     configure_logging(_log_level(argv))
-    for handler in logging.getLogger().handlers:  # this process is the CLI's: for its whole life
-        handler.addFilter(_QuietStop())
-    sys.unraisablehook = _quiet_unraisable_stop
-    _STOPPED.clear()
+    stop.own_the_process()
     try:
         outcome = execute(argv)
     except REFUSALS as error:
         print(f"osnet-beam: error: {error}", file=sys.stderr)
         return EXIT_REFUSED
     except BaseException as error:
-        if _STOPPED or isinstance(error, KeyboardInterrupt):
-            signum = _STOPPED[0] if _STOPPED else signal.SIGINT
-            print(f"osnet-beam: stopped by {signal.Signals(signum).name}: this run's temporary files "
-                  "and lock were removed; the output's previous run (if any) is untouched", file=sys.stderr)
-            return 128 + int(signum)
+        signum = stop.stopped_by()
+        if signum is not None:  # however the runner passed the stop on
+            stop.exit_stopped(signum)  # does not return: see pipeline/stop.py
+        if isinstance(error, KeyboardInterrupt):  # Ctrl-C before the job started
+            print(stop.stop_message(signal.SIGINT), file=sys.stderr)
+            return stop.exit_status(signal.SIGINT)
         raise
     if outcome.failure:
         print(f"osnet-beam: error: {outcome.failure}; the rows and their reasons are in the errors "
