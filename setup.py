@@ -42,5 +42,5 @@ setup(
             "apache-beam[gcp]>=2.60",
         ],
     },
-    entry_points={"console_scripts": ["osnet-beam=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["osnet-beam=pipeline.cli:console"]},
 )

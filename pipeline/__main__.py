@@ -1,7 +1,6 @@
 """``python -m pipeline --input GLOB --output DIR [options]``."""
-import sys
-
+from pipeline.process_exit import run_command
 from pipeline.run import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -25,5 +25,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_main(args)
 
 
+def console() -> None:
+    """The ``osnet-beam`` console script (setup.py's entry point): :func:`main`, ended through
+    :mod:`pipeline.process_exit`."""
+    from pipeline.process_exit import run_command
+
+    run_command(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.process_exit import run_command
+
+    run_command(main)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -157,4 +156,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.process_exit import run_command
+
+    run_command(main)

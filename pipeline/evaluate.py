@@ -191,4 +191,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.process_exit import run_command
+
+    run_command(main)

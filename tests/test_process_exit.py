@@ -1,0 +1,53 @@
+"""The command lines end through pipeline.process_exit: Python's exit steps run (threads waited for,
+atexit handlers, flushed output), the status is the command's, the native teardown is skipped."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import REPO_ROOT
+
+SCRIPT = textwrap.dedent('''
+    import atexit, sys, threading, time
+    from pipeline.process_exit import run_command
+
+    def main():
+        atexit.register(lambda: print("atexit ran", flush=True))
+        threading.Thread(target=lambda: (time.sleep(0.5), print("thread finished"))).start()
+        print("unflushed line", end="")
+        BODY
+
+    run_command(main)
+''')
+
+
+def _run(body: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", SCRIPT.replace("BODY", body)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_status_is_the_commands_and_pythons_exit_steps_run():
+    done = _run("return 3")
+    assert done.returncode == 3, done.stderr
+    assert "thread finished" in done.stdout and "atexit ran" in done.stdout and "unflushed line" in done.stdout
+
+
+def test_sys_exit_and_an_uncaught_exception_end_as_python_would():
+    assert _run("sys.exit(2)").returncode == 2
+    assert _run("sys.exit()").returncode == 0
+    failed = _run("raise RuntimeError('boom')")
+    assert failed.returncode == 1 and "Traceback" in failed.stderr and "RuntimeError: boom" in failed.stderr
+    assert "atexit ran" in failed.stdout
+
+
+def test_the_console_script_and_python_m_end_through_it():
+    for module in ("pipeline", "pipeline.evaluate", "pipeline.compare"):
+        done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0 and "usage" in done.stdout.lower(), (module, done.stderr)
+    from pipeline import cli
+
+    assert cli.console.__module__ == "pipeline.cli"
+    setup = (REPO_ROOT / "setup.py").read_text()
+    assert "osnet-beam=pipeline.cli:console" in setup
