@@ -206,7 +206,7 @@ def scale_markdown(result: dict[str, Any]) -> str:
     return "\n".join([
         f"Measured {result['meta']['date']}: {s['input']['rows']} rows ({s['input']['bad_rows']} bad: "
         f"{s['input']['bad_cell_kinds_used']} kinds of bad cell, {s['input']['broken_csv_records']} broken CSV records, "
-        f"{s['input']['bad_column_values']} bad column values) in {s['input']['files']} CSV shards "
+        f"{s['input']['widening_values']} later values that widen a column, rows kept) in {s['input']['files']} CSV shards "
         f"({s['input']['bytes'] / 2**30:.2f} GiB), model {s['arch']}.",
         "",
         "| wall time | rows/s | peak RSS, whole process tree | rows in = features + errors | per-reason counts | error rows hold original data |",  # noqa: E501 (a table row)

@@ -30,9 +30,11 @@ def manifest_counters(counts: dict[str, Any]) -> dict[str, int]:
 
 
 def verify_scale_output(output: Path, expected_rows: dict[int, dict], expected_broken: dict[str, tuple],
-                        reasons: collections.Counter, good: int, n_rows: int) -> dict[str, Any]:
+                        reasons: collections.Counter, good: int, n_rows: int,
+                        widened_rows: Optional[dict[int, str]] = None) -> dict[str, Any]:
     """Every row exactly once: a feature row (good rows) or an error row with its reason and data;
-    and the manifest's counts agree with the injected rows."""
+    the manifest's counts agree with the injected rows; the values past every type sample
+    (``widened_rows``: frame -> track_id text) widened the column and kept their rows and text."""
     import numpy as np
     import pyarrow.compute as pc
 
@@ -51,8 +53,15 @@ def verify_scale_output(output: Path, expected_rows: dict[int, dict], expected_b
     bad_dims = int(np.sum(pc.list_value_length(vectors).to_numpy() != 512))
     if not np.all(np.isfinite(pc.list_flatten(vectors).to_numpy())):
         problems.append("non-finite feature values")
-    del features, vectors
     feature_rows = int(frames.size)
+    if widened_rows:
+        tracks = dict(zip(frames.tolist(), features.column("track_id").to_pylist()))
+        changed = [f for f, text in widened_rows.items() if tracks.get(f) != text]
+        if changed:
+            problems.append(f"{len(changed)} rows past the type sample lost their track_id text or row, e.g. {changed[:5]}")
+        if manifest["features"].get("widened_columns", {}).get("track_id", {}).get("type") != "string":
+            problems.append("track_id was not widened to text in the manifest")
+    del features, vectors
     if bad_dims:
         problems.append(f"{bad_dims} feature rows without 512 values")
     if np.unique(frames).size != frames.size:
@@ -131,7 +140,7 @@ def run_scale(args: argparse.Namespace, shared: Optional[Path], workdir: Path) -
                                      args.scale_huge_copies, args.scale_shards)
     table_dir = workdir / "scale_input"
     started = time.perf_counter()
-    expected_rows, expected_broken, reasons, good = write_scale_table(table_dir, kinds, seeds, args.scale_shards)
+    expected_rows, expected_broken, reasons, good, widened_rows = write_scale_table(table_dir, kinds, seeds, args.scale_shards)
     size = sum(p.stat().st_size for p in table_dir.iterdir())
     log(f"scale table: {args.scale_rows} rows ({args.scale_rows - good} bad) in {args.scale_shards} CSV shards, "
         f"{size / 2**30:.2f} GiB, written in {time.perf_counter() - started:.0f}s; {source}")
@@ -142,7 +151,7 @@ def run_scale(args: argparse.Namespace, shared: Optional[Path], workdir: Path) -
     measured = run_measured(cmd, "scale", workdir, timeout_s=args.scale_timeout, env=tree_env(REPO_ROOT))
     log(f"  pipeline: {measured['wall_s']:.0f}s, peak RSS of the process tree {measured['peak_tree_rss_mb']:.0f} MB")
     started = time.perf_counter()
-    verified = verify_scale_output(output, expected_rows, expected_broken, reasons, good, args.scale_rows)
+    verified = verify_scale_output(output, expected_rows, expected_broken, reasons, good, args.scale_rows, widened_rows)
     log(f"  verified in {time.perf_counter() - started:.0f}s: {'OK' if verified['ok'] else verified['problems'][:5]}")
     shutil.rmtree(output, ignore_errors=True)
     shutil.rmtree(table_dir, ignore_errors=True)

@@ -237,7 +237,7 @@ def build_pipeline(
     if progress_dir:
         features = features | "CountFeatures" >> beam.ParDo(CountProgress(progress_dir, "features"))
         errors = errors | "CountErrors" >> beam.ParDo(CountProgress(progress_dir, "errors"))
-    features_written = features | "WriteFeatures" >> WriteFeatures(
+    written = features | "WriteFeatures" >> WriteFeatures(
         ours.output,
         plan.layout.schema,
         ours.image_column,
@@ -245,13 +245,17 @@ def build_pipeline(
         ours.output_format,
         ours.num_shards,
         run_id=plan.run_id,
+        csv_types=plan.layout.format == "csv",
     )
+    features_written = written["shards"]
     errors_written = errors | "WriteErrors" >> WriteErrors(ours.output, ours.num_shards, run_id=plan.run_id)
     manifest = (
         (features_written, errors_written)
         | "AllShards" >> beam.Flatten()
         | "ShardList" >> beam.combiners.ToList()
-        | "WriteManifest" >> beam.Map(outputs.finalize_run, _run_info(options, plan, output_column))
+        | "WriteManifest"
+        >> beam.Map(outputs.finalize_run, _run_info(options, plan, output_column),
+                    widened=beam.pvalue.AsDict(written["widened"]))
     )
     return {
         "features": encoded["features"],

@@ -34,8 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import widening
 from transforms import metrics
-from transforms.write import ERRORS_PREFIX, FEATURES_PREFIX, shard_prefix
+from transforms.write import ERRORS_PREFIX, FEATURES_PREFIX, HELD_PREFIX, shard_prefix
 
 MANIFEST_NAME = "_SUCCESS.json"
 LOCK_NAME = "_LOCK.json"
@@ -448,22 +449,35 @@ def error_limit_exceeded(counts: Mapping[str, int], max_error_fraction: float) -
     return None
 
 
-def finalize_run(shard_paths: Sequence[str], info: Mapping[str, Any]) -> dict:
+def finalize_run(shard_paths: Sequence[str], info: Mapping[str, Any],
+                 widened: Optional[Mapping[str, tuple[str, str]]] = None) -> dict:
     """Write the manifest of a finished run, then remove older runs' files and the lock.
 
     Runs inside the job (its last step, on a worker) so that it also happens when the launcher
-    does not wait (``--no_wait``). Idempotent: a retried step writes the same manifest.
+    does not wait (``--no_wait``). ``widened``: the CSV columns a value past the type sample
+    widened (:mod:`pipeline.widening` puts the Parquet shards in the widened schema first).
+    Idempotent: a retried step writes the same manifest.
     """
     output_dir, run_id = info["output"], info["run_id"]
     features_prefix = shard_prefix(output_dir, FEATURES_PREFIX, run_id)
     errors_prefix = shard_prefix(output_dir, ERRORS_PREFIX, run_id)
+    held_prefix = shard_prefix(output_dir, HELD_PREFIX, run_id)
+    paths = sorted(set(shard_paths))
+    widened = dict(widened or {})
+    planned = decode_schema(info["schema"])
+    schema = widening.final_schema(planned, widened)
+    feature_paths = [p for p in paths if p.startswith(features_prefix + "-")]
+    held_paths = [p for p in paths if p.startswith(held_prefix + "-")]
+    if info["output_format"] == "parquet" and (widened or held_paths):
+        feature_paths = widening.widen_parquet_run(
+            feature_paths, held_paths, schema, info["output_column"], output_dir, run_id, features_prefix)
     feature_shards, error_shards = [], []
     by_reason: dict[str, int] = {}
-    for path in sorted(set(shard_paths)):
-        if path.startswith(features_prefix + "-"):
-            count = _count_parquet_rows(path) if info["output_format"] == "parquet" else _count_csv_rows(path)
-            feature_shards.append(_shard(path, output_dir, count))
-        elif path.startswith(errors_prefix + "-"):
+    for path in feature_paths:
+        count = _count_parquet_rows(path) if info["output_format"] == "parquet" else _count_csv_rows(path)
+        feature_shards.append(_shard(path, output_dir, count))
+    for path in paths:
+        if path.startswith(errors_prefix + "-"):
             error_shards.append(_shard(path, output_dir, _count_errors(path, by_reason)))
     encoded = sum(s["rows"] for s in feature_shards)
     errors = sum(s["rows"] for s in error_shards)
@@ -491,7 +505,8 @@ def finalize_run(shard_paths: Sequence[str], info: Mapping[str, Any]) -> dict:
         "features": {
             "format": info["output_format"],
             "column": info["output_column"],
-            "schema": info["schema"],
+            "schema": encode_schema(schema) if widened else info["schema"],
+            "widened_columns": widening.describe(planned, widened),
             "shards": feature_shards,
         },
         "errors": {"format": "jsonl", "shards": error_shards},

@@ -220,6 +220,10 @@ def execute(argv: Optional[Sequence[str]] = None) -> Outcome:
     elif any(counters.get(name, 0) != manifest["counts"][name] for name in (metrics.ROWS_ENCODED, metrics.ROWS_READ)):
         _LOG.warning("the runner's counters %s differ from the rows in the output shards %s (a retried "
                      "bundle counted twice?); the manifest has the shards' counts", counters, manifest["counts"])
+    for name, change in manifest["features"].get("widened_columns", {}).items():
+        print(f"osnet-beam: column {name!r} is {change['type']}, not {change['planned']} as the files' first "
+              f"records had it: a later value ({change['example']!r}) did not fit; every value kept its text",
+              flush=True)
     failure = manifest.get("error_limit_exceeded")
     if failure:
         note = "; ".join(filter(None, [note, f"FAILED: {failure}"]))

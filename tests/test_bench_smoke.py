@@ -64,7 +64,6 @@ def test_tiny_benchmark_runs_every_mode(tmp_path):
     assert verification["ok"], verification["problems"]
     assert verification["rows_in"] == 400 == verification["feature_rows"] + verification["error_rows"]
     assert verification["per_reason_counts_match"] and verification["every_error_row_holds_its_original_data"]
-    # tiny shards are sampled whole for the column types, so no row is a bad_column_value there
     assert {"bad_csv_record", "empty_cell", "size_mismatch"} <= set(verification["errors_per_reason"])
     assert scale["peak_tree_rss_mb"] > 50
     assert (out / "scale_latest.png").stat().st_size > 5_000
@@ -82,8 +81,8 @@ def test_steady_rate_skips_the_first_batch():
 def test_scale_plan_keeps_broken_records_clear_of_multiline_cells():
     kinds, planned = tables.plan_scale_rows(20_000, 0.1, 1, 0, shards=4)
     assert len(kinds) == 20_000
-    assert planned["bad_rows"] == sum(1 for kind, _ in kinds if kind != "good")
-    assert planned["broken_csv_records"] == 10 and planned["bad_column_values"] == 10
+    assert planned["bad_rows"] == sum(1 for kind, _ in kinds if kind not in ("good", "column"))
+    assert planned["broken_csv_records"] == 10 and planned["widening_values"] == 10
     assert 1_900 <= planned["bad_rows"] <= 2_100
     for index, (kind, _) in enumerate(kinds):
         if kind == "broken":

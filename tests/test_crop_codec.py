@@ -216,4 +216,4 @@ def test_every_reason_has_a_meaning() -> None:
         assert meaning.strip() and "\n" not in meaning and "|" not in meaning  # one table cell
         assert reasons.Reason(code) == code and str(reasons.Reason(code)) == code
     assert len(reasons.CELL_REASONS) >= 15
-    assert set(reasons.ROW_REASONS) == {"bad_csv_record", "bad_encoding", "bad_column_value", "inference_failed"}
+    assert set(reasons.ROW_REASONS) == {"bad_csv_record", "bad_encoding", "inference_failed"}

@@ -6,6 +6,7 @@ no row is lost or duplicated. (issue 12: items 2, 3, 4, 6, 7, 9, 13 and its prop
 from __future__ import annotations
 
 import csv
+import decimal
 import io
 import math
 
@@ -26,7 +27,7 @@ from transforms.csv_records import (
     iter_records,
     read_header,
 )
-from transforms.row_schema import ColumnValueError, conform_row, infer_csv_schema
+from transforms.row_schema import conform_row, conform_to, infer_csv_schema, widen, widened_schema
 
 NUMBER_LIKE = ["007", "1.10", "1e3", "true", "false", "-0", "+1", "0x10", "1_000", " 1", "1 ", "NaN",
                "nan", "inf", "-inf", "1.0", "0", "1", "True", "False", "None", "null", "NA", "", "0.50",
@@ -81,22 +82,38 @@ def _pandas_typed(data: bytes, delimiter: str) -> pd.DataFrame:
 
 
 def _read(data: bytes, dialect: CsvDialect, sample_rows: int | None = None):
-    """Header, per-record results (conformed dict, or the error's reason) and the schema."""
+    """Header, per-record results (the row as written, or the broken record's reason) and the
+    schema written, as the job does them: types from the sample; a row that fits is put in them
+    and, once the job's values have widened a column, rewritten (transforms.write, then
+    pipeline.widening); a row whose value widened a column is held and written in the end's types."""
     lines = io.BytesIO(data).readlines()
     stream = iter(lines)
     header = read_header(stream, dialect)
     records = list(iter_records(stream, len(header), dialect))
     parsed = [r.values for r in records if isinstance(r, Record)]
-    schema = infer_csv_schema(header, parsed[:sample_rows] if sample_rows is not None else parsed)
-    results = []
+    planned = infer_csv_schema(header, parsed[:sample_rows] if sample_rows is not None else parsed)
+    written, widened = [], {}
     for record in records:
         if isinstance(record, BrokenRecord):
-            results.append(record.reason)
+            written.append(record.reason)
             continue
-        try:
-            results.append(conform_row(dict(zip(header, record.values)), schema, skip="key"))
-        except ColumnValueError:
-            results.append("bad_column_value")
+        raw = dict(zip(header, record.values))
+        row, misfits = conform_row(raw, planned, skip="key")
+        for name, arrow_type in misfits.items():
+            widened[name] = widen(widened[name], arrow_type) if name in widened else arrow_type
+        written.append(("held", raw) if misfits else ("typed", row))
+    schema = widened_schema(planned, widened)
+    results = []
+    for entry in written:
+        if isinstance(entry, str):
+            results.append(entry)
+        elif entry[0] == "held":
+            row, still = conform_row(entry[1], schema, skip="key")
+            assert not still, still  # the end's types hold every value
+            results.append(row)
+        else:
+            results.append({name: value if name == "key" else conform_to(value, schema.field(name).type)
+                            for name, value in entry[1].items()})
     return header, results, schema
 
 
@@ -155,22 +172,26 @@ def test_a_sample_that_misses_later_values_loses_no_row_and_changes_no_value(tab
     typed = _pandas_typed(data, delimiter)
     assert len(results) == len(frame)
     for index, row in enumerate(results):
-        if row == "bad_column_value":  # in the errors with a reason, never a changed value
-            continue
-        assert isinstance(row, dict)
+        assert isinstance(row, dict), row  # no row loses its features to a column's type
         for field in schema:
-            value, text = row[field.name], expected_text.iloc[index][field.name]
-            if isinstance(value, float) and not pa.types.is_string(field.type) and text and canonical_text(value) != text:
-                # an int past the sample in a float column: converted exactly, as pandas reads it
-                assert float(int(text)) == value == typed.iloc[index][field.name]
-                continue
-            _same_as_pandas(value, text, typed.iloc[index][field.name], field.type)
+            _same_as_pandas(row[field.name], expected_text.iloc[index][field.name],
+                            typed.iloc[index][field.name], field.type)
 
 
 def test_a_column_typed_by_the_sample_keeps_ints_typed_and_takes_no_row_away():
     data = b'key,n\n"a",1\n"b",2\n'
     _, results, schema = _read(data, CsvDialect(","))
     assert schema.field("n").type == pa.int64() and [r["n"] for r in results] == [1, 2]
+
+
+def test_values_past_the_sample_widen_their_column_and_keep_their_text():
+    data = b'key,n,m,f,b\n"a",1,1,0.5,True\n"b",2,2,1.5,False\n"c",n/a,1180591620717411303424,2,1\n'
+    _, results, schema = _read(data, CsvDialect(","), sample_rows=2)
+    assert [schema.field(c).type for c in "nmfb"] == [pa.string(), pa.decimal128(38, 0), pa.string(), pa.string()]
+    assert [r["n"] for r in results] == ["1", "2", "n/a"]
+    assert [r["m"] for r in results] == [decimal.Decimal(1), decimal.Decimal(2), decimal.Decimal(2**70)]
+    assert [r["f"] for r in results] == ["0.5", "1.5", "2"]  # not 2.0: "2" is not a float's text
+    assert [r["b"] for r in results] == ["True", "False", "1"]
 
 
 @settings(max_examples=200, deadline=None)

@@ -155,3 +155,57 @@ def test_bom_in_a_file_read_as_latin1_is_refused_naming_it(tmp_path, cells):
     (tmp_path / "t.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
     done = _run("--input", str(tmp_path / "t.csv"), "--output", str(tmp_path / "out"), "--encoding", "latin-1")
     assert done.returncode == 2 and "byte-order mark" in done.stderr and "--encoding utf-8" in done.stderr
+
+
+def _widening_table(tmp_path):
+    """pandas' default CSV whose columns look typed in every file's sample (the first 1,000
+    records) and get a value of another type later."""
+    from testkit.bad_cells import sample_crop
+    from transforms.crop_codec import encode_crop
+    from transforms.read import TYPE_SAMPLE_RECORDS
+
+    n = TYPE_SAMPLE_RECORDS + 6
+    cell = encode_crop(sample_crop(12, 6, 3))
+    frame = pd.DataFrame({
+        "frame": list(range(n)),
+        "track": list(range(n - 1)) + ["n/a"],  # text in an int column
+        "big": [i * 3 for i in range(n - 2)] + [2**70, 5],  # a wider int: decimal
+        "score": pd.Series([i + 0.5 for i in range(n - 3)] + [3, 4.5, 5.5], dtype=object),  # "3": not a float's text
+        "flag": [i % 2 == 0 for i in range(n - 4)] + ["maybe", True, False, True],
+        "file": [f"crop/{i}.png" for i in range(n)],
+        "feature_vector": [cell] * n,
+    })
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    return tmp_path / "t.csv", pd.read_csv(tmp_path / "t.csv", dtype=str, keep_default_na=False)
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "csv"])
+def test_a_value_past_every_sample_widens_its_column_and_keeps_its_row(tmp_path, output_format):
+    """Issue 12 items 6-7: no row loses its features to a pass-through column's type; the column
+    is widened (int64 to decimal for a wider int, else to text) and every value keeps its text."""
+    from pipeline import read_errors, read_features
+
+    table, texts = _widening_table(tmp_path)
+    out = tmp_path / "out"
+    done = _run("--input", str(table), "--output", str(out), "--output_format", output_format,
+                "--num_shards", "2", "--batch_size", "64")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for column, planned, final, example in [("track", "int64", "string", "n/a"), ("big", "int64", "decimal128(38, 0)",
+                                            str(2**70)), ("score", "double", "string", "3"), ("flag", "bool", "string", "maybe")]:
+        assert f"column {column!r} is {final}, not {planned}" in done.stdout and repr(example) in done.stdout, done.stdout
+    run = json.loads((out / "_SUCCESS.json").read_text())
+    assert run["counts"]["rows_read"] == len(texts) == run["counts"]["rows_encoded"] and read_errors(str(out)) == []
+    assert run["features"]["widened_columns"]["track"] == {"planned": "int64", "type": "string", "example": "n/a"}
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("beam-temp")) == []
+    features = read_features(str(out))
+    if output_format == "parquet":
+        assert _features(out).num_rows == len(texts)  # README's recipe: every shard in one schema
+        schemas = {pq.read_schema(p).remove_metadata() for p in glob.glob(str(out / "features-*.parquet"))}
+        assert len(schemas) == 1 and len(glob.glob(str(out / "features-*.parquet"))) == 3  # 2 + the held rows'
+        assert [f.type for f in schemas.pop()][:6] == [f.type for f in features.schema][:6]
+    back = features.to_pandas().sort_values("frame").reset_index(drop=True)
+    assert back["track"].tolist() == texts["track"].tolist()
+    assert back["score"].tolist() == texts["score"].tolist() and back["flag"].tolist() == texts["flag"].tolist()
+    assert [int(v) for v in back["big"]] == [int(t) for t in texts["big"]]
+    assert features.schema.field("frame").type == pa.int64() and features.schema.field("big").type == pa.decimal128(38, 0)
+    assert all(len(v) == 512 for v in back["feature_vector"])

@@ -25,9 +25,8 @@ from transforms import USER_LOG, csv_records, metrics, parquet_source
 from transforms.csv_source import CsvFilePlan, RawRecord, ReadCsvRecords, binary_stream
 from transforms.csv_source import is_compressed, parse_raw_record, plan_csv_files
 from transforms.progress import ProgressWriter
-from transforms.row_schema import ColumnValueError, conform_row, infer_csv_schema
+from transforms.row_schema import infer_csv_schema
 from transforms.errors import ERRORS_TAG, error_record
-from transforms.reasons import Reason
 
 _LOG = logging.getLogger(__name__)
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".tsv")
@@ -197,8 +196,8 @@ def inspect_input(
 
 
 class ParseCsvRecords(beam.DoFn):
-    """:data:`~transforms.csv_source.RawRecord` s to row dicts typed by ``schema``; a record
-    that does not parse, or a value that does not fit its column, is an error row."""
+    """:data:`~transforms.csv_source.RawRecord` s to row dicts of the values as read (typed by
+    their quoting, :mod:`transforms.csv_records`); a record that does not parse is an error row."""
 
     def __init__(
         self,
@@ -249,11 +248,9 @@ class ParseCsvRecords(beam.DoFn):
                 parsed.reason, parsed.detail, parsed.raw_bytes, raw_line=parsed.raw, source=source, line=line
             )
             return
-        row = dict(zip(self._columns, parsed.values))
-        try:
-            yield conform_row(row, self._schema, skip=self._image_column)
-        except ColumnValueError as error:
-            yield self._error(Reason.BAD_COLUMN_VALUE.value, str(error), row=row, source=source, line=line)
+        # values as read: each is put in its column's type where the row is written, once the
+        # columns a later value widens are known (transforms.write, transforms.row_schema)
+        yield dict(zip(self._columns, parsed.values))
 
 
 class ReadRows(beam.PTransform):

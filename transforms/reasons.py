@@ -36,7 +36,6 @@ class Reason(str, Enum):
     # row-level codes used by the pipeline
     BAD_CSV_RECORD = "bad_csv_record"
     BAD_ENCODING = "bad_encoding"
-    BAD_COLUMN_VALUE = "bad_column_value"
     INFERENCE_FAILED = "inference_failed"
 
     def __str__(self) -> str:
@@ -70,10 +69,6 @@ ROW_REASONS: dict[str, str] = {
     Reason.BAD_ENCODING.value: (
         "a CSV record's bytes are not valid in `--encoding`; the error carries `raw_base64` (the bytes "
         "exactly) and `raw_line` (shown with replacement characters)"
-    ),
-    Reason.BAD_COLUMN_VALUE.value: (
-        "a CSV pass-through value past every file's type sample does not fit its column's type (e.g. text "
-        "in an int column)"
     ),
     Reason.INFERENCE_FAILED.value: "the model raised on the batch this row was in (e.g. out of GPU memory)",
 }

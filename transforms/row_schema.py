@@ -1,4 +1,4 @@
-"""Column types for CSV input: inferred from samples of every file, then every row conformed to them.
+"""Column types for CSV input: inferred from samples of every file; a later value widens its column.
 
 Parquet output needs one Arrow type per column before the first row is written, while a CSV
 column's type is only known from its values. The first records of *every* file decide the types
@@ -18,10 +18,10 @@ only floats (``0.5``, ``1e+20``)    float64
 ints and floats (``1``, ``0.5``)    string (a float column would write ``1`` back as ``1.0``)
 =================================  ==============================================================
 
-A string column takes every value: a number's text is its canonical text, which is the text the
-file holds. A value past the sample that does not fit a typed column is converted where that is
-exact and what pandas reads (an int in a float64 column up to 2**53, an int64 value in a decimal
-column); else its row becomes a ``bad_column_value`` error rather than a failed write.
+A value past the sample that does not fit its column (text in an int64 column, ``2**70``, ``1`` in
+a float64 column) keeps its row: the column is *widened* (:func:`widen`: int64 to decimal where
+the value is a wider int, else to string), exactly as if the value had been in the sample. Every
+typed value's canonical text is the text the file holds, so widening never changes a value.
 Beam-free so it can be tested and reused on its own.
 """
 from __future__ import annotations
@@ -37,11 +37,6 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 #: Digits a decimal128 column holds; longer ints make a string column.
 DECIMAL_DIGITS = 38
 WIDE_INT = pa.decimal128(DECIMAL_DIGITS, 0)
-_FLOAT_EXACT_INT = 2**53
-
-
-class ColumnValueError(ValueError):
-    """A value does not fit its column's type."""
 
 
 def _fits_decimal(value: int) -> bool:
@@ -83,40 +78,77 @@ def infer_csv_schema(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> p
     )
 
 
+#: The types a CSV column can have, by name (how a widening travels between workers).
+COLUMN_TYPES: dict[str, pa.DataType] = {
+    str(t): t for t in (pa.string(), pa.bool_(), pa.int64(), WIDE_INT, pa.float64())
+}
+
+
+def widen(column: pa.DataType, value: pa.DataType) -> pa.DataType:
+    """The narrowest column type that holds both types' values with their text unchanged."""
+    if column == value:
+        return column
+    if {column, value} == {pa.int64(), WIDE_INT}:
+        return WIDE_INT
+    return pa.string()
+
+
+_MISFIT = object()
+
+
 def _conform(value: Any, arrow_type: pa.DataType) -> Any:
+    """``value`` in ``arrow_type``, or ``_MISFIT`` where the type cannot hold its text exactly."""
     if value is None:
         return None
     if pa.types.is_string(arrow_type):
         return value if isinstance(value, str) else canonical_text(value)
     if value == "":
-        return None
+        return None  # "" (how pandas writes NaN when quoting) is a missing value of a typed column
     if isinstance(value, bool):
-        if pa.types.is_boolean(arrow_type):
-            return value
-    elif isinstance(value, int):
+        return value if pa.types.is_boolean(arrow_type) else _MISFIT
+    if isinstance(value, int):
         if pa.types.is_int64(arrow_type) and INT64_MIN <= value <= INT64_MAX:
             return value
         if pa.types.is_decimal(arrow_type) and _fits_decimal(value):
             return decimal.Decimal(value)
-        if pa.types.is_float64(arrow_type) and abs(value) <= _FLOAT_EXACT_INT:
-            return float(value)
-    elif isinstance(value, float):
-        if pa.types.is_float64(arrow_type):
-            return value
-    raise ColumnValueError(
-        f"{canonical_text(value)!r} is not a {arrow_type} value (the column's type was decided by "
-        "the first records of every file)"
-    )
+        return _MISFIT
+    if isinstance(value, float) and pa.types.is_float64(arrow_type):
+        return value
+    return _MISFIT
 
 
-def conform_row(row: Mapping[str, Any], schema: pa.Schema, skip: str) -> dict[str, Any]:
-    """The row with each value (but column ``skip``) in its column's type; else ColumnValueError."""
+def conform_row(
+    row: Mapping[str, Any], schema: pa.Schema, skip: str
+) -> tuple[dict[str, Any], dict[str, pa.DataType]]:
+    """The row with each value (but column ``skip``) in its column's type, and the columns whose
+    value did not fit, each with the type it widens the column to (that value is left as read)."""
     out = dict(row)
+    widened: dict[str, pa.DataType] = {}
     for field in schema:
         if field.name == skip:
             continue
-        try:
-            out[field.name] = _conform(row.get(field.name), field.type)
-        except ColumnValueError as error:
-            raise ColumnValueError(f"column {field.name!r}: {error}") from None
-    return out
+        value = row.get(field.name)
+        conformed = _conform(value, field.type)
+        if conformed is _MISFIT:
+            widened[field.name] = widen(field.type, column_type([value]))
+        else:
+            out[field.name] = conformed
+    return out, widened
+
+
+def widened_schema(schema: pa.Schema, widened: Mapping[str, pa.DataType]) -> pa.Schema:
+    """``schema`` with the widened columns' types (each joined with its planned type)."""
+    for name, arrow_type in widened.items():
+        index = schema.get_field_index(name)
+        field = schema.field(index)
+        schema = schema.set(index, field.with_type(widen(field.type, arrow_type)))
+    return schema
+
+
+def conform_to(value: Any, arrow_type: pa.DataType) -> Any:
+    """A value already in a narrower column type, in the widened ``arrow_type`` (exact by
+    :func:`widen`'s construction)."""
+    conformed = _conform(int(value) if isinstance(value, decimal.Decimal) else value, arrow_type)
+    if conformed is _MISFIT:
+        raise ValueError(f"{value!r} does not widen to {arrow_type}")
+    return conformed
