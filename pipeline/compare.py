@@ -22,13 +22,13 @@ from pipeline.feature_table import ToolError
 _CHUNK_ROWS = 65536
 
 
+DESCRIPTION = "Compare two runs' features row by row (e.g. fp32 vs fp16, CPU vs GPU, two checkpoints)."
+KEY_HELP = "columns that name a row in both runs (default: every pass-through column of OUT_A)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = tool_parser(
-        "python -m pipeline.compare",
-        "Compare two runs' features row by row (e.g. fp32 vs fp16, CPU vs GPU, two checkpoints).",
-        labels_required=False,
-        key_help="columns that name a row in both runs (default: every pass-through column of OUT_A)",
-        input_help="the input table (glob): crops for --report")
+    parser = tool_parser("python -m pipeline.compare", DESCRIPTION, labels_required=False, key_help=KEY_HELP,
+                         input_help="the input table (glob): crops for --report")
     parser.add_argument("run_a", metavar="OUT_A", help="first run's output directory")
     parser.add_argument("run_b", metavar="OUT_B", help="second run's output directory")
     parser.add_argument("--moved", type=int, default=12, metavar="N",

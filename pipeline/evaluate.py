@@ -47,13 +47,13 @@ def tool_parser(prog: str, description: str, *, labels_required: bool, key_help:
     return parser
 
 
+DESCRIPTION = "Cross-camera re-identification figures (rank-1/5/10, mAP, mINP) of a run's features."
+KEY_HELP = "columns that match a features row to its input row (default: every pass-through column)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = tool_parser(
-        "python -m pipeline.evaluate",
-        "Cross-camera re-identification figures (rank-1/5/10, mAP, mINP) of a run's features.",
-        labels_required=True,
-        key_help="columns that match a features row to its input row (default: every pass-through column)",
-        input_help="the run's input table (glob): crops for --report")
+    parser = tool_parser("python -m pipeline.evaluate", DESCRIPTION, labels_required=True, key_help=KEY_HELP,
+                         input_help="the run's input table (glob): crops for --report")
     parser.add_argument("--features", required=True, metavar="OUT", help="the run's output directory")
     parser.add_argument("--gallery_queries", type=int, default=12, metavar="N",
                         help="queries shown in the report's ranked gallery (default 12)")

@@ -340,3 +340,47 @@ def test_shards_through_the_beam_reader_lose_nothing_and_change_nothing(tmp_path
         tagged = (result["rows"] | "R" >> beam.Map(lambda r: ("row", r)),
                   result["errors"] | "E" >> beam.Map(lambda e: ("error", e))) | beam.Flatten()
         assert_that(tagged, check)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(4, 40),  # rows
+    st.data(),
+    st.sampled_from(["minimal", "nonnumeric"]),
+    st.sampled_from([",", ";"]),
+)
+def test_an_unclosed_quote_costs_its_own_line_wherever_the_multiline_cells_are(n_rows, data, quoting, delimiter):
+    """A line whose quote never closes, then (within the look-ahead bound) good rows and rows with
+    cells spanning lines: the broken line is one broken record at its line; every other row comes
+    back exactly as pandas reads the file without it. (Without the record check, the look-ahead
+    took every row up to the next line with an odd number of quotes into one broken record.)"""
+    multiline = set(data.draw(st.lists(st.integers(0, n_rows - 1), max_size=4)))
+    broken_at = data.draw(st.integers(0, n_rows))  # the broken line goes before this row
+    frame = pd.DataFrame({
+        "key": [f"row{i}" for i in range(n_rows)],
+        "n": list(range(n_rows)),
+        "note": [f"first {i}\nsecond, with \"quotes\"\nthird" if i in multiline else f"note {i}" for i in range(n_rows)],
+    })
+    mode = {"minimal": csv.QUOTE_MINIMAL, "nonnumeric": csv.QUOTE_NONNUMERIC}[quoting]
+    clean = frame.to_csv(index=False, quoting=mode, sep=delimiter, lineterminator="\n").encode()
+    lines = io.BytesIO(clean).readlines()
+    # where row broken_at starts: the header, then each row's physical lines
+    starts, line = [], 1
+    for i in range(n_rows):
+        starts.append(line)
+        line += 3 if i in multiline else 1
+    insert_at = starts[broken_at] if broken_at < n_rows else line
+    broken = f'"broken"{delimiter}"never closed'.encode() + b"\n"
+    data_bytes = b"".join(lines[:insert_at] + [broken] + lines[insert_at:])
+
+    stream = iter(io.BytesIO(data_bytes).readlines())
+    dialect = CsvDialect(delimiter)
+    header = read_header(stream, dialect)
+    records = list(iter_records(stream, len(header), dialect))
+    broken_records = [r for r in records if isinstance(r, BrokenRecord)]
+    assert len(broken_records) == 1, [r.line_number for r in broken_records]
+    assert broken_records[0].line_number + 1 == insert_at + 1  # its own line (the header is line 1)
+    rows = [r.values for r in records if isinstance(r, Record)]
+    expected = pd.read_csv(io.BytesIO(clean), sep=delimiter, dtype=str, keep_default_na=False)
+    assert [r[0] for r in rows] == expected["key"].tolist()
+    assert [r[2] for r in rows] == expected["note"].tolist()

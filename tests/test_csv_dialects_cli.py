@@ -6,6 +6,7 @@ exit 2 before the job starts.
 from __future__ import annotations
 
 import base64
+import csv
 import decimal
 import glob
 import json
@@ -209,3 +210,29 @@ def test_a_value_past_every_sample_widens_its_column_and_keeps_its_row(tmp_path,
     assert [int(v) for v in back["big"]] == [int(t) for t in texts["big"]]
     assert features.schema.field("frame").type == pa.int64() and features.schema.field("big").type == pa.decimal128(38, 0)
     assert all(len(v) == 512 for v in back["feature_vector"])
+
+
+def test_an_unclosed_quote_costs_one_row_not_the_rows_up_to_the_next_multiline_cell(tmp_path, cells):
+    """A whole-read file (its quotes do not balance line by line): a line whose quote never closes,
+    then good rows, then a row whose note spans lines. Every good row comes back as features, the
+    broken line is one bad_csv_record error at its own line; in == features + errors."""
+    good = [[i, f"'{i}", f, c] for i, (f, c) in enumerate(cells)]
+    good[4][1] = "two\nlines"
+    path = tmp_path / "t.csv"
+    with open(path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+        writer.writerow(["frame", "note", "file", "feature_vector"])
+        writer.writerows(good[:2])
+        stream.write('99,"never closed,"broken.png","{\'width\': 1}"\n')  # 5 quotes: odd
+        writer.writerows(good[2:])
+    out = tmp_path / "out"
+    done = _run("--input", str(path), "--output", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "read whole by one worker" in done.stdout + done.stderr
+    features = _features(out)
+    assert sorted(features.column("file").to_pylist()) == sorted(f for f, _ in cells)
+    assert features.to_pandas().set_index("frame").loc[4, "note"] == "two\nlines"
+    errors = _errors(out)
+    assert [(e["reason"], e["line"]) for e in errors] == [("bad_csv_record", 4)], errors
+    assert errors[0]["raw_line"].startswith("99,") and "\n" not in errors[0]["raw_line"]
+    assert json.loads((out / "_SUCCESS.json").read_text())["counts"]["rows_read"] == len(cells) + 1

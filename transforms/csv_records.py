@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from numbers import Integral, Real
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from transforms.crop_codec import DEFAULT_MAX_PIXELS, cell_chars_bound
 from transforms.reasons import Reason
@@ -219,19 +219,39 @@ def _as_bytes(lines: Iterable[Union[bytes, str]], encoding: str) -> Iterator[byt
         yield line.encode(encoding, "surrogateescape") if isinstance(line, str) else line
 
 
+def record_check(n_fields: int, dialect: "CsvDialect") -> Callable[[bytes], bool]:
+    """Whether a record's bytes (line ends inside quotes included) are one well-formed record of
+    ``n_fields`` fields: what a quoted cell spanning lines must be (:func:`iter_raw_records`)."""
+    delimiter = dialect.delimiter or ","
+
+    def check(raw: bytes) -> bool:
+        # delimiter and quote are ASCII, so a bad byte elsewhere cannot move them: replace it
+        try:
+            return len(split_record(raw.decode(dialect.encoding, errors="replace"), delimiter)) == n_fields
+        except ValueError:
+            return False
+
+    return check
+
+
 def iter_raw_records(
     lines: Iterable[Union[bytes, str]],
     *,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     encoding: str = "utf-8",
+    accept: Optional[Callable[[bytes], bool]] = None,
 ) -> Iterator[tuple[int, bytes, bool]]:
     """Group physical lines (with their endings) into records: ``(line_number, raw, balanced)``.
 
     A line with an odd number of quotes opens a quoted cell that continues on the next lines. If
-    the quotes do not balance within ``max_record_bytes`` (or before the end of the file), the
-    first line alone is given back as unbalanced and grouping restarts on the line after it. The
-    lines looked at on the way each hold an even number of quotes (the running count stayed odd
-    after each), so they come out as one-line records without a second look-ahead: linear time.
+    the quotes do not balance within ``max_record_bytes`` (or before the end of the file), or the
+    lines up to where they balance are not one record (``accept``, e.g. :func:`record_check`: a
+    quote left open on one line would otherwise take every record up to the next odd line with
+    it), the first line alone is given back as unbalanced and grouping restarts on the line after
+    it. Without ``accept`` the lines looked at on the way each hold an even number of quotes, so
+    they come out as one-line records without a second look-ahead: linear time. With it, a
+    rejected span's last line (odd) starts a look-ahead of its own: each line is looked at at most
+    twice more.
     """
     pending: list[bytes] = []  # lines read ahead, not yet given out (at most max_record_bytes)
     head = 0  # index of the next line to give out in ``pending``
@@ -266,8 +286,8 @@ def iter_raw_records(
             quotes += line.count(b'"')
             size += len(line)
             taken += 1
-        if quotes % 2 == 0 and size <= max_record_bytes:
-            raw = b"".join(pending[head : head + taken])
+        raw = b"".join(pending[head : head + taken]) if quotes % 2 == 0 and size <= max_record_bytes else None
+        if raw is not None and (accept is None or accept(_strip_line_end(raw))):
             head += taken
             yield line_number, _strip_line_end(raw), True
             line_number += taken - 1
@@ -349,7 +369,8 @@ def iter_records(
     """
     delimiter = dialect.delimiter or ","
     bound = max_record_bytes or dialect.max_record_bytes
-    records = iter_raw_records(lines, max_record_bytes=bound, encoding=dialect.encoding)
+    records = iter_raw_records(lines, max_record_bytes=bound, encoding=dialect.encoding,
+                               accept=record_check(n_fields, dialect))
     for line_number, raw, balanced in records:
         if raw == b"":
             continue
@@ -363,7 +384,8 @@ def iter_records(
             yield BrokenRecord(_shown(raw, dialect.encoding), line_number, detail, Reason.BAD_ENCODING.value, raw)
             continue
         if not balanced:
-            detail = f"a quoted field is never closed (within {bound} bytes or before the end of the file)"
+            detail = (f"a quoted field is never closed: no record of {n_fields} fields ends with its quote "
+                      f"within {bound} bytes or before the end of the file")
             yield BrokenRecord(text, line_number, detail)
             continue
         try:

@@ -294,7 +294,8 @@ def _literal_pattern(path: str) -> str:
 class CsvFileSource(FileBasedSource):
     """One CSV file as :data:`RawRecord` s, split by byte ranges when its plan allows."""
 
-    def __init__(self, plan: CsvFilePlan, dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT, min_bundle_size: int = 0):
+    def __init__(self, plan: CsvFilePlan, dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT,
+                 min_bundle_size: int = 0, n_fields: Optional[int] = None):
         super().__init__(
             _literal_pattern(plan.path),
             min_bundle_size=min_bundle_size,
@@ -303,6 +304,7 @@ class CsvFileSource(FileBasedSource):
         )
         self._plan = plan
         self._dialect = dialect
+        self._n_fields = n_fields  # the header's: how a record spanning lines is checked
 
     def default_output_coder(self) -> coders.Coder:
         return RAW_RECORD_CODER
@@ -322,8 +324,10 @@ class CsvFileSource(FileBasedSource):
         # Unsplittable: the tracker only needs increasing positions; record line numbers are.
         with self.open_file(file_name) as raw:
             stream = binary_stream(raw)
+            dialect = self._dialect.for_path(file_name)
+            accept = csv_records.record_check(self._n_fields, dialect) if self._n_fields else None
             records = csv_records.iter_raw_records(
-                iter(stream.readline, b""), max_record_bytes=self._dialect.max_record_bytes
+                iter(stream.readline, b""), max_record_bytes=dialect.max_record_bytes, accept=accept
             )
             next(records, None)  # the header, checked at planning
             for line, data, _balanced in records:
@@ -381,9 +385,10 @@ class CsvFileSource(FileBasedSource):
                 line += 1
 
 
-def csv_source(plans: Sequence[CsvFilePlan], dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT) -> iobase.BoundedSource:
+def csv_source(plans: Sequence[CsvFilePlan], dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT,
+               n_fields: Optional[int] = None) -> iobase.BoundedSource:
     """One source over the given files; each file's own plan travels only with its own splits."""
-    sources = [CsvFileSource(p, dialect) for p in plans if p.size > 0]
+    sources = [CsvFileSource(p, dialect, n_fields=n_fields) for p in plans if p.size > 0]
     return sources[0] if len(sources) == 1 else ConcatSource(sources)
 
 
@@ -391,10 +396,12 @@ class ReadCsvRecords(beam.PTransform):
     """:data:`RawRecord` s of every planned file: split files read in ranges, whole-read files'
     records redistributed (compactly, with :data:`RAW_RECORD_CODER`) before anything else runs."""
 
-    def __init__(self, plans: Sequence[CsvFilePlan], dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT):
+    def __init__(self, plans: Sequence[CsvFilePlan], dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT,
+                 n_fields: Optional[int] = None):
         super().__init__()
         self._plans = tuple(plans)
         self._dialect = dialect
+        self._n_fields = n_fields
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         split = [p for p in self._plans if p.splittable]
@@ -405,7 +412,7 @@ class ReadCsvRecords(beam.PTransform):
         if whole:
             parts.append(
                 pbegin
-                | "ReadWhole" >> beam.io.Read(csv_source(whole, self._dialect)).with_output_types(RawRecord)
+                | "ReadWhole" >> beam.io.Read(csv_source(whole, self._dialect, self._n_fields)).with_output_types(RawRecord)
                 | "Spread" >> beam.Reshuffle().with_output_types(RawRecord)
             )
         if not parts:

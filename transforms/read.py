@@ -281,7 +281,7 @@ class ReadRows(beam.PTransform):
         plans = self._layout.csv_plans or plan_csv_files(self._layout.files)
         parsed = (
             pbegin
-            | "ReadCsv" >> ReadCsvRecords(plans, self._layout.dialect)
+            | "ReadCsv" >> ReadCsvRecords(plans, self._layout.dialect, n_fields=len(self._layout.schema.names))
             | "ParseCsv"
             >> beam.ParDo(
                 ParseCsvRecords(self._layout.schema, self._image_column, self._layout.dialect, self._progress_dir)

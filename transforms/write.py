@@ -172,15 +172,11 @@ class WriteFeatures(beam.PTransform):
         super().__init__()
         if output_format not in ("parquet", "csv"):
             raise ValueError(f"unknown output format {output_format!r}: use parquet or csv")
-        self._output_dir = output_dir
-        self._run_id = run_id
+        self._output_dir, self._run_id, self._num_shards = output_dir, run_id, num_shards
         self._prefix = shard_prefix(output_dir, FEATURES_PREFIX, run_id)
         self._schema = input_schema
-        self._image_column = image_column
-        self._output_column = output_column
-        self._format = output_format
-        self._num_shards = num_shards
-        self._csv_types = csv_types
+        self._image_column, self._output_column = image_column, output_column
+        self._format, self._csv_types = output_format, csv_types
 
     def expand(self, features: beam.PCollection) -> dict[str, beam.PCollection]:
         columns = list(self._schema.names)
