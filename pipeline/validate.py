@@ -11,6 +11,7 @@ import os
 from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import (
+    DirectOptions,
     PipelineOptions,
     PortableOptions,
     StandardOptions,
@@ -106,6 +107,15 @@ def runs_on_this_machine(options: PipelineOptions) -> bool:
         return True
     environment = (options.view_as(PortableOptions).environment_type or "").upper()
     return environment == "LOOPBACK"
+
+
+def one_local_worker(options: PipelineOptions) -> bool:
+    """True when one worker on this machine runs the whole job: the DirectRunner with one worker
+    (its default). Its shuffles are held in this process's memory."""
+    if _runner_name(options.view_as(StandardOptions).runner) not in IN_PROCESS_RUNNERS:
+        return False
+    workers = options.view_as(DirectOptions).direct_num_workers
+    return (os.cpu_count() or 1) == 1 if workers == 0 else workers in (None, 1)
 
 
 def runs_in_this_process(options: PipelineOptions) -> bool:

@@ -229,6 +229,7 @@ def test_an_unclosed_quote_costs_one_row_not_the_rows_up_to_the_next_multiline_c
     done = _run("--input", str(path), "--output", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "read whole by one worker" in done.stdout + done.stderr
+    assert "one worker runs the job here" in done.stdout + done.stderr  # no shuffle holding the file
     features = _features(out)
     assert sorted(features.column("file").to_pylist()) == sorted(f for f, _ in cells)
     assert features.to_pandas().set_index("frame").loc[4, "note"] == "two\nlines"

