@@ -106,4 +106,3 @@ def test_one_csv_file_spreads_over_two_processes_with_the_same_results(big_csv, 
         ("empty_cell", None, None, 123),
     ]
     assert _errors(output) == _errors(base_output) == expected_errors
-
