@@ -52,12 +52,6 @@ def _temporary(output_dir: str, run_id: str, name: str) -> str:
     return FileSystems.join(output_dir, f"{REWRITING_PREFIX}-{run_id}-{name}")
 
 
-def _replace(temporary: str, path: str) -> None:
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([temporary], [path])
-
-
 def _write_batches(path: str, schema: pa.Schema, batches) -> None:
     with FileSystems.create(path) as stream:
         with pq.ParquetWriter(pa.PythonFile(stream, mode="w"), schema) as writer:
@@ -75,36 +69,37 @@ def _rewritten(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def rewrite_shard(path: str, schema: pa.Schema, output_dir: str, run_id: str) -> bool:
-    """The shard at ``path`` in ``schema`` (replaced through a temporary file); False if it was already."""
-    with FileSystems.open(path) as stream:
-        if pq.read_schema(pa.PythonFile(stream, mode="r")).equals(schema, check_metadata=False):
-            return False
-    temporary = _temporary(output_dir, run_id, posixpath.basename(path))
+def _held_rows(batch: pa.RecordBatch, schema: pa.Schema, column: str) -> pa.RecordBatch:
+    rows = []
+    for values, features in zip(batch.column(HELD_VALUES).to_pylist(), batch.column(column).to_pylist()):
+        row, still = conform_row(json.loads(values), schema, skip=column)
+        if still:  # cannot happen: the schema is the join of every value's type
+            raise ValueError(f"held row still does not fit the widened columns {sorted(still)}")
+        row[column] = features
+        rows.append(row)
+    return pa.RecordBatch.from_pylist(rows, schema=schema)
+
+
+def _convert(path: str, target: str, schema: pa.Schema, convert, output_dir: str, run_id: str,
+             skip_empty: bool = False) -> bool:
+    """``target`` (which may be ``path``) written from ``path``'s batches through ``convert``, in
+    ``schema``; False, writing nothing, when ``path`` already is in ``schema`` (or, with
+    ``skip_empty``, holds no rows). Written to a temporary file, then renamed over ``target``: no
+    moment without it."""
+    temporary = _temporary(output_dir, run_id, posixpath.basename(target))
     with FileSystems.open(path) as stream:
         source = pq.ParquetFile(pa.PythonFile(stream, mode="r"))
-        _write_batches(temporary, schema, (_rewritten(b, schema) for b in source.iter_batches(BATCH_ROWS)))
-    _replace(temporary, path)
+        if source.schema_arrow.equals(schema, check_metadata=False) or (skip_empty and not source.metadata.num_rows):
+            return False
+        _write_batches(temporary, schema, (convert(b) for b in source.iter_batches(BATCH_ROWS)))
+    FileSystems.rename([temporary], [target])  # replaces target (local: os.rename; object stores: copy)
     return True
 
 
-def _held_batches(path: str, schema: pa.Schema, column: str):
-    with FileSystems.open(path) as stream:
-        source = pq.ParquetFile(pa.PythonFile(stream, mode="r"))
-        for batch in source.iter_batches(BATCH_ROWS):
-            rows = []
-            for values, features in zip(batch.column(HELD_VALUES).to_pylist(), batch.column(column).to_pylist()):
-                row, still = conform_row(json.loads(values), schema, skip=column)
-                if still:  # cannot happen: the schema is the join of every value's type
-                    raise ValueError(f"held row still does not fit the widened columns {sorted(still)}")
-                row[column] = features
-                rows.append(row)
-            yield pa.RecordBatch.from_pylist(rows, schema=schema)
-
-
-def _rows(path: str) -> int:
-    with FileSystems.open(path) as stream:
-        return pq.read_metadata(pa.PythonFile(stream, mode="r")).num_rows
+def rewrite_shard(path: str, schema: pa.Schema, output_dir: str, run_id: str) -> bool:
+    """The shard at ``path`` in ``schema`` (an empty one too: every shard has the one schema);
+    False if it was already."""
+    return _convert(path, path, schema, lambda b: _rewritten(b, schema), output_dir, run_id)
 
 
 def widen_parquet_run(
@@ -119,10 +114,8 @@ def widen_parquet_run(
     for index, path in enumerate(held):
         target = f"{features_prefix}-widened-{index:05d}-of-{len(held):05d}.parquet"
         if FileSystems.exists(path):
-            if _rows(path):
-                temporary = _temporary(output_dir, run_id, posixpath.basename(target))
-                _write_batches(temporary, schema, _held_batches(path, schema, column))
-                _replace(temporary, target)
+            _convert(path, target, schema, lambda b: _held_rows(b, schema, column), output_dir, run_id,
+                     skip_empty=True)
             FileSystems.delete([path])
         if FileSystems.exists(target):
             paths.append(target)
