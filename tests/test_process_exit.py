@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from tests.conftest import REPO_ROOT
 
@@ -46,8 +47,13 @@ def test_the_console_script_and_python_m_end_through_it():
         done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO_ROOT, capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 0 and "usage" in done.stdout.lower(), (module, done.stderr)
-    from pipeline import cli
-
-    assert cli.console.__module__ == "pipeline.cli"
     setup = (REPO_ROOT / "setup.py").read_text()
     assert "osnet-beam=pipeline.cli:console" in setup
+    script = Path(sys.executable).parent / "osnet-beam"  # the console script run_local.sh installs
+    assert script.exists(), f"{script}: install the project (./run_local.sh --setup-only)"
+    for args in (["--help"], ["evaluate", "--help"]):
+        done = subprocess.run([str(script), *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "usage" in done.stdout.lower(), (args, done.stderr)
+    refused = subprocess.run([str(script), "--input", str(REPO_ROOT / "no-such-*.csv"), "--output", "unused"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.startswith("osnet-beam: error:"), refused.stderr
