@@ -189,5 +189,6 @@ def own_the_process() -> None:
     deadline), and is reported by its one line only."""
     _OWNS_PROCESS.set()
     for handler in logging.getLogger().handlers:
-        handler.addFilter(QuietStop())
+        if not any(isinstance(f, QuietStop) for f in handler.filters):  # main() may run again in-process
+            handler.addFilter(QuietStop())
     sys.unraisablehook = quiet_unraisable_stop

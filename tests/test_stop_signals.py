@@ -111,3 +111,21 @@ def test_a_stopped_job_ends_at_once_though_a_thread_it_left_would_never_end():
     assert done.stdout.count("cleaned up") == 1 and "returned" not in done.stdout
     assert done.stderr.count("osnet-beam: stopped by SIGTERM") == 1 and "did not stop" not in done.stderr
     assert took < 20, took  # not the 30 s deadline: the main thread ended it
+
+
+def test_owning_the_process_again_filters_each_handler_once():
+    """``main()`` run twice in one process (tests, notebooks) adds the stop filter once a handler."""
+    import logging
+
+    from pipeline import stop
+
+    handler, root = logging.StreamHandler(), logging.getLogger()
+    root.addHandler(handler)
+    try:
+        stop.own_the_process()
+        stop.own_the_process()
+        assert sum(isinstance(f, stop.QuietStop) for f in handler.filters) == 1
+    finally:
+        root.removeHandler(handler)
+        sys.unraisablehook = sys.__unraisablehook__
+        stop._OWNS_PROCESS.clear()
