@@ -15,6 +15,7 @@ from typing import IO, Any, Mapping, Union
 import torch
 from torch import Tensor
 
+from model.contract import CheckpointError
 from model.osnet import ARCHITECTURES, OSNet, build_osnet
 
 __all__ = [
@@ -32,10 +33,6 @@ _CLASSIFIER_PREFIX = "classifier."  # identity classifier: dataset-specific, not
 _STEM_KEY = "conv1.conv.weight"
 _STEM_WIDTHS = {64: "x1_0", 48: "x0_75", 32: "x0_5", 16: "x0_25"}
 _MAX_KEYS_SHOWN = 12
-
-
-class CheckpointError(ValueError):
-    """The weights cannot be used: not a checkpoint, unsafe, or not the expected architecture."""
 
 
 def _name_keys(keys: list[str]) -> str:

@@ -6,15 +6,17 @@ normalisation of features is the seed-compatible facade's option (:mod:`model.en
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
-from torch import nn
 
-from model.osnet import FEATURE_DIM
+from model.contract import FEATURE_DIM
 from model.policy import RuntimePlan
 from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, check_pixels, resize_batch, standardize_batch, to_rgb
 from model.runtimes import FeatureBackend, runtime_for
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["FeatureEngine"]
 
@@ -23,7 +25,7 @@ class FeatureEngine:
     """Features of crops or resized pixels, float32 (N, 512), in input order.
 
     Args:
-        module: an eval-mode OSNet (:func:`model.checkpoint.load_osnet`).
+        module: an eval-mode OSNet (:func:`model.checkpoint.load_osnet`); None with ``runtime``.
         plan: how it runs (:func:`model.policy.plan_runtime`); its batch size is the chunk of
             every network call.
         threads: CPU threads for the runtime (default: every core the process may use).
@@ -34,9 +36,10 @@ class FeatureEngine:
 
     def __init__(
         self,
-        module: nn.Module,
+        module: Optional[nn.Module],
         plan: RuntimePlan,
         *,
+        runtime: Optional[FeatureBackend] = None,
         threads: int | None = None,
         channel_order: str = "rgb",
         input_size: tuple[int, int] = INPUT_SIZE,
@@ -49,7 +52,9 @@ class FeatureEngine:
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
-        self.runtime: FeatureBackend = runtime_for(module, plan, threads)
+        if (module is None) == (runtime is None):
+            raise ValueError("FeatureEngine needs a module or a runtime, not both")
+        self.runtime: FeatureBackend = runtime if runtime is not None else runtime_for(module, plan, threads)
         # On a GPU the CPU only resizes; the device standardises (same values, a quarter of the bytes).
         self._standardize_on_device = plan.on_cuda and hasattr(self.runtime, "features_from_pixels")
 

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from model.contract import ARCHITECTURE_NAMES, FEATURE_DIM
+
 __all__ = [
     "ARCHITECTURES",
     "DEFAULT_ARCHITECTURE",
@@ -36,8 +38,6 @@ __all__ = [
     "osnet_x1_0",
 ]
 
-FEATURE_DIM = 512
-"""Length of the feature vector every OSNet variant produces (the ``fc`` width)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,14 +312,9 @@ def osnet_ibn_x1_0(num_classes: int = 1000) -> OSNet:
     return OSNet(num_classes, _WIDTHS["x1_0"], instance_norm=True)
 
 
-ARCHITECTURES: dict[str, Callable[..., OSNet]] = {
-    "osnet_ibn_x1_0": osnet_ibn_x1_0,
-    "osnet_x1_0": osnet_x1_0,
-    "osnet_x0_75": osnet_x0_75,
-    "osnet_x0_5": osnet_x0_5,
-    "osnet_x0_25": osnet_x0_25,
-}
-"""Architecture name (torchreid's) -> builder taking ``num_classes``."""
+ARCHITECTURES: dict[str, Callable[..., OSNet]] = {name: globals()[name] for name in ARCHITECTURE_NAMES}
+"""Architecture name (torchreid's; :data:`model.contract.ARCHITECTURE_NAMES`) -> builder taking
+``num_classes``."""
 
 DEFAULT_ARCHITECTURE = "osnet_ibn_x1_0"
 """The target architecture (the original tool's model) and :func:`build_osnet`'s default. Not the

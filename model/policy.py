@@ -6,13 +6,17 @@ launcher calls it to size Beam's batches, each worker calls it again with the ca
 (:func:`plan_here`), and :func:`settle` reconciles the two. Which precision may run on which
 device, and which runtime runs which precision, is decided here and nowhere else.
 
-No Beam and no model here; torch is imported only to look at this machine's GPU.
+No Beam and no model here; torch is imported only to look at this machine's GPU, and not even
+for that on a Linux machine without an NVIDIA device (:func:`_no_gpu_device`).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import importlib
+import os
+import sys
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -259,15 +263,26 @@ def plan_runtime(
     return RuntimePlan(name, device, precision, batch_size)
 
 
+def _no_gpu_device() -> bool:
+    """True on a Linux machine (or container) with no NVIDIA device file (nor WSL's GPU device),
+    where CUDA cannot work: an SDK worker that only runs ONNX Runtime on CPU then need not import
+    torch (about 180 MB of memory and 2-3 s) to learn that. False wherever it cannot tell."""
+    if not sys.platform.startswith("linux"):
+        return False
+    return not glob.glob("/dev/nvidia[0-9]*") and not os.path.exists("/dev/dxg")
+
+
 def local_gpu(device: str = "auto") -> Optional[int]:
     """Total memory of the GPU torch would run ``device`` on; None for "cpu", and for "auto"
-    where torch sees no CUDA.
+    where torch sees no CUDA (or, where torch is not loaded yet, the machine has no GPU device).
 
     Raises:
         RuntimeError: ``device`` names CUDA and torch has none.
     """
     _check_device(device)
     if device == "cpu":
+        return None
+    if device == "auto" and "torch" not in sys.modules and _no_gpu_device():
         return None
     import torch
 

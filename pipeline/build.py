@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import os
 import re
 import sys
@@ -16,8 +15,9 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, TestOptions
 
-from model import CheckpointError, RuntimePlan, load_osnet, plan_runtime
-from model.policy import local_gpu
+from model.contract import CheckpointError
+from model.graph_cache import GraphExportError
+from model.policy import RuntimePlan, local_gpu, plan_runtime
 from pipeline import outputs
 from pipeline.options import OsNetOptions
 from pipeline.validate import OptionError, check_option_values, expand_user_paths, one_local_worker, runs_on_this_machine
@@ -25,7 +25,7 @@ from transforms import USER_LOG
 from transforms.csv_records import CsvDialect
 from transforms.decode import DecodeCrops
 from transforms.errors import ERRORS_TAG
-from transforms.inference import EncodeCrops, OsNetModelHandler, local_weights
+from transforms.inference import EncodeCrops, OsNetModelHandler, graph_for_workers, local_weights
 from transforms.progress import CountProgress
 from transforms.read import InputError, InputLayout, ReadRows, inspect_input
 from transforms.write import WriteErrors, WriteFeatures, features_schema
@@ -128,14 +128,22 @@ def plan_job(options: OsNetOptions) -> JobPlan:
         weights = local_weights(ours.weights)
     except Exception as error:  # OSError locally, BeamIOError and friends elsewhere
         raise CheckpointError(f"cannot read weights {ours.weights}: {error}") from None
-    with open(weights, "rb") as stream:  # read once: hashed, then parsed once
-        checkpoint = stream.read()
-    named = io.BytesIO(checkpoint)
-    named.name = weights  # what the checkpoint's error messages call it
-    # every key and shape checked against the architecture (inferred from the keys when not given)
-    arch = load_osnet(named, ours.arch).arch
     runtime = plan_workers_runtime(options)
     dry_run = bool(options.view_as(TestOptions).dry_run)  # as Beam reads it: any value
+    # every key and shape checked against the architecture (inferred from the keys when not given)
+    if runtime.backend == "onnxruntime" and runs_on_this_machine(options) and not dry_run:
+        # checked, exported and the export checked by a child process, once per machine: the
+        # workers here find the graph, and this process imports no torch (model/graph_cache.py)
+        try:
+            arch = graph_for_workers(weights, ours.arch).arch
+        except GraphExportError as error:
+            raise CheckpointError(f"--weights {ours.weights}: {error}") from None
+    else:
+        from model.checkpoint import load_osnet  # torch: the module itself runs, or workers are elsewhere
+
+        arch = load_osnet(weights, ours.arch).arch
+    with open(weights, "rb") as stream:
+        weights_sha256 = hashlib.sha256(stream.read()).hexdigest()
     replaces: tuple = ()
     if not dry_run:  # a dry run touches no output (and works offline for gs:// outputs)
         replaces = tuple(outputs.check_output_dir(ours.output, ours.overwrite))
@@ -144,7 +152,7 @@ def plan_job(options: OsNetOptions) -> JobPlan:
         arch,
         runtime,
         input_files=_input_files(layout.files),
-        weights_sha256=hashlib.sha256(checkpoint).hexdigest(),
+        weights_sha256=weights_sha256,
         replaces=replaces,
     )
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from model.osnet import ARCHITECTURES
+from model.contract import ARCHITECTURE_NAMES
 from transforms.crop_codec import DEFAULT_MAX_PIXELS
 from weights import BUNDLED_WEIGHTS
 
@@ -61,7 +61,7 @@ class OsNetOptions(PipelineOptions):
             "bundled osnet_x0_25 MSMT17 demo weights.",
         )
         group.add_argument(
-            "--arch", default=None, choices=tuple(ARCHITECTURES),
+            "--arch", default=None, choices=ARCHITECTURE_NAMES,
             help="OSNet architecture; default: inferred from the checkpoint (an explicit one "
             "that contradicts the checkpoint is an error).",
         )

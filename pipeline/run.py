@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions, StandardOptions, TestOptions
 
-from model import CheckpointError
+from model.contract import CheckpointError
 from pipeline import outputs
 from pipeline.build import JobPlan, build_pipeline, plan_job
 from pipeline.console import LOG_LEVELS, LocalProgress, Totals, configure_logging, watch_remote_job
@@ -29,7 +29,7 @@ from pipeline import stop
 from pipeline.options import OsNetOptions
 from pipeline.stop import StopGuard
 from pipeline.validate import OptionError, check_known_args, runs_in_this_process, runs_on_this_machine, wants_no_wait
-from transforms import metrics
+from transforms import beam_ml, metrics
 from transforms.read import InputError, input_totals
 
 _LOG = logging.getLogger("osnet-beam")
@@ -174,7 +174,10 @@ def execute(argv: Optional[Sequence[str]] = None) -> Outcome:
     if passed_on:
         _LOG.warning("options the Python SDK does not know, left to the runner's job service: %s", passed_on)
     options = OsNetOptions(args)
-    options.view_as(SetupOptions).save_main_session = False
+    setup = options.view_as(SetupOptions)
+    setup.save_main_session = False
+    # SDK workers import it before the job's DoFns: RunInference without torch (transforms/beam_ml.py)
+    setup.beam_plugins = sorted({*(setup.beam_plugins or ()), beam_ml.__name__})
     ours = options.view_as(OsNetOptions)
     started = time.monotonic()
     plan = plan_job(options)

@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import (
     _BeamArgumentParser,
 )
 
-from model import plan_runtime
+from model.policy import local_gpu, plan_runtime
 from pipeline.options import OsNetOptions
 from pipeline.outputs import is_local
 
@@ -149,9 +149,7 @@ def device_precision_problem(device: str, precision: str, cuda_available: Option
 
 
 def _cuda_available() -> bool:
-    import torch  # the model's own dependency; imported only when the job runs here
-
-    return bool(torch.cuda.is_available())
+    return local_gpu("auto") is not None  # asks torch only where this machine has a GPU device
 
 
 def check_option_values(options: PipelineOptions) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 import threading
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
@@ -21,21 +22,26 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import (
+
+from transforms.beam_ml import import_run_inference
+
+import_run_inference()  # before the names below: without torch (transforms/beam_ml.py)
+from apache_beam.ml.inference.base import (  # noqa: E402
     KeyedModelHandler,
     ModelHandler,
     PredictionResult,
     RunInference,
 )
 
-from model.checkpoint import load_osnet
-from model.engine import FeatureEngine
-from model.policy import RuntimePlan, local_gpu, plan_here, plan_runtime, settle
-from model.preprocess import resize_batch
-from transforms.errors import ERRORS_TAG, error_record
-from transforms import metrics
-from transforms.decode import restore_image_cell
-from transforms.reasons import Reason
+from model.engine import FeatureEngine  # noqa: E402
+from model.graph_cache import ExportedGraph, exported_graph  # noqa: E402
+from model.policy import RuntimePlan, local_gpu, plan_here, plan_runtime, settle  # noqa: E402
+from model.preprocess import resize_batch  # noqa: E402
+from model.runtimes import runtime_for_graph  # noqa: E402
+from transforms.errors import ERRORS_TAG, error_record  # noqa: E402
+from transforms import metrics  # noqa: E402
+from transforms.decode import restore_image_cell  # noqa: E402
+from transforms.reasons import Reason  # noqa: E402
 
 _LOG = logging.getLogger(__name__)
 _CACHE_DIR = os.path.join(tempfile.gettempdir(), "osnet-beam-weights")
@@ -67,6 +73,17 @@ def local_weights(path: str) -> str:
     os.replace(partial, target)
     _LOG.info("copied weights %s to %s", path, target)
     return target
+
+
+def graph_for_workers(weights: str, arch: Optional[str]) -> ExportedGraph:
+    """The checked ONNX graph this machine's workers run for ``weights`` (a local file) as
+    ``arch``, exported by a child process the first time (:mod:`model.graph_cache`). The launcher
+    calls it before local workers start, so that they find it instead of each exporting it.
+
+    Raises:
+        model.graph_cache.GraphExportError: the export failed; the message says why.
+    """
+    return exported_graph(weights, arch, _CACHE_DIR)
 
 
 def _launch_plan(backend: str, device: str, precision: str, batch_size: Optional[int]) -> RuntimePlan:
@@ -143,12 +160,29 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, FeatureEngine]):
         with _ENGINES_LOCK:
             engine = _ENGINES.get(key)
             if engine is None:
-                plan = self.worker_plan()
-                module = load_osnet(local_weights(self._weights), arch=self._arch)
-                engine = FeatureEngine(module, plan, threads=self._threads, channel_order=self._channel_order)
+                engine = self._build_engine(self.worker_plan())
                 _ENGINES[key] = engine
                 load_count += 1
-                _LOG.info("loaded OSNet %s from %s: %s", module.arch, self._weights, plan.describe())
+        return engine
+
+    def _build_engine(self, plan: RuntimePlan) -> FeatureEngine:
+        """ONNX Runtime runs the checkpoint's graph, exported and checked once per machine by a
+        child process (:mod:`model.graph_cache`): this process needs no torch for it. The other
+        runtimes run the module itself."""
+        weights = local_weights(self._weights)
+        if plan.backend == "onnxruntime":
+            graph = graph_for_workers(weights, self._arch)
+            runtime = runtime_for_graph(graph.read(), plan, self._threads)
+            engine = FeatureEngine(None, plan, runtime=runtime, channel_order=self._channel_order)
+            arch, source = graph.arch, f"{self._weights} (ONNX graph {graph.path})"
+        else:
+            from model.checkpoint import load_osnet
+
+            module = load_osnet(weights, arch=self._arch)
+            engine = FeatureEngine(module, plan, threads=self._threads, channel_order=self._channel_order)
+            arch, source = module.arch, self._weights
+        torch_here = "torch loaded" if "torch" in sys.modules else "torch not loaded"
+        _LOG.info("loaded OSNet %s from %s: %s; %s in this process", arch, source, plan.describe(), torch_here)
         return engine
 
     def run_inference(

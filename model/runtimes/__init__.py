@@ -5,12 +5,15 @@
 """
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from model.policy import RuntimePlan, plan_here
 from model.runtimes.base import FeatureBackend
 
-__all__ = ["FeatureBackend", "create_backend", "runtime_for"]
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["FeatureBackend", "create_backend", "runtime_for", "runtime_for_graph"]
 
 
 def runtime_for(module: nn.Module, plan: RuntimePlan, threads: int | None = None) -> FeatureBackend:
@@ -27,6 +30,21 @@ def runtime_for(module: nn.Module, plan: RuntimePlan, threads: int | None = None
     from model.runtimes.torch_eager import TorchBackend
 
     return TorchBackend(module, plan.device, plan.precision, threads)
+
+
+def runtime_for_graph(graph: bytes, plan: RuntimePlan, threads: int | None = None) -> FeatureBackend:
+    """The runtime ``plan`` names, on an exported ONNX graph (:mod:`model.graph_cache`) instead of
+    a module: no torch in this process. ONNX Runtime only (the default CPU runtime and an fp32
+    GPU one); the others run the module.
+
+    Raises:
+        ValueError: a plan for another backend.
+    """
+    if plan.backend != "onnxruntime":
+        raise ValueError(f"an exported graph runs on onnxruntime only, not {plan.backend}: use runtime_for(module, ...)")
+    from model.runtimes.onnx_runtime import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend.from_graph(graph, plan.device, threads)
 
 
 def create_backend(

@@ -9,16 +9,20 @@ denormals are below 1.2e-38, far under any activation that matters.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
+import platform
+import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import torch
 
-from model.osnet import FEATURE_DIM
+from model.contract import FEATURE_DIM
 
-__all__ = ["default_threads", "map_crops", "network_pool", "thread_flushes_denormals"]
+__all__ = ["default_threads", "flush_denormals_in_this_thread", "map_crops", "network_pool", "thread_flushes_denormals"]
 
 
 def default_threads() -> int:
@@ -35,16 +39,58 @@ def thread_flushes_denormals() -> bool:
     return float(np.float32(1e-39) * np.float32(1.0)) == 0.0
 
 
-def _flush_denormals_in_this_thread(torch_threads: int | None = None) -> None:
-    """Worker-thread initializer: flush-to-zero / denormals-are-zero for this thread only (and the
-    threads it creates later, which inherit it), and torch's intra-op thread count, which is
-    per thread in OpenMP."""
+#: x86-64 MXCSR bits: FTZ (results that would be denormal become zero) and DAZ (denormal
+#: inputs are read as zero); what ``torch.set_flush_denormal(True)`` sets.
+_MXCSR_FTZ_DAZ = 0x8040
+#: glibc/musl x86-64 ``fenv_t``: the 28-byte x87 environment, then MXCSR (4 bytes).
+_FENV_SIZE, _MXCSR_OFFSET = 32, 28
+
+
+@functools.lru_cache(maxsize=1)
+def _libm() -> Optional[Any]:
+    """The C maths library where its ``fenv_t`` layout is known (x86-64 Linux), else None."""
+    if sys.platform != "linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+    except OSError:
+        return None
+
+
+def _set_mxcsr_flush(libm: Any) -> bool:
+    """Set FTZ and DAZ in this thread's MXCSR through C99's ``fegetenv``/``fesetenv``."""
+    env = (ctypes.c_ubyte * _FENV_SIZE)()
+    if libm.fegetenv(env) != 0:
+        return False
+    mxcsr = int.from_bytes(bytes(env[_MXCSR_OFFSET:]), "little") | _MXCSR_FTZ_DAZ
+    env[_MXCSR_OFFSET:] = list(mxcsr.to_bytes(4, "little"))
+    return libm.fesetenv(env) == 0
+
+
+def flush_denormals_in_this_thread() -> None:
+    """Flush-to-zero / denormals-are-zero for the calling thread only (threads it starts later
+    inherit it). On x86-64 Linux this sets the two MXCSR bits through the C library, so a process
+    that only runs an exported graph needs no torch for it; elsewhere it is
+    ``torch.set_flush_denormal(True)``, which does the same where the CPU has such a mode."""
+    libm = _libm()
+    if libm is not None and _set_mxcsr_flush(libm) and thread_flushes_denormals():
+        return
+    import torch
+
     torch.set_flush_denormal(True)
+
+
+def _flush_denormals_in_this_thread(torch_threads: int | None = None) -> None:
+    """Worker-thread initializer: denormals flushed in this thread, and torch's intra-op thread
+    count, which is per thread in OpenMP (torch backend only)."""
+    flush_denormals_in_this_thread()
     _set_torch_threads(torch_threads)
 
 
 def _set_torch_threads(torch_threads: int | None = None) -> None:
     if torch_threads is not None:
+        import torch  # only the torch backend passes a count
+
         torch.set_num_threads(torch_threads)
 
 

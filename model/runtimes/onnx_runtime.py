@@ -1,15 +1,21 @@
-"""ONNX Runtime on the graph exported from the loaded module (fp32): the default CPU runtime."""
+"""ONNX Runtime on the graph exported from the loaded module (fp32): the default CPU runtime.
+
+Built from a module (exported here, then checked against it), or from an already exported and
+checked graph (:meth:`OnnxRuntimeBackend.from_graph`, :mod:`model.graph_cache`), which needs no
+torch in the process.
+"""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
-from torch import nn
 
-from model.export import check_export, export_onnx, export_onnx_dynamo
 from model.policy import check_runtime
 from model.runtimes.base import check_batch
 from model.runtimes.cpu import default_threads, map_crops, network_pool
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["OnnxRuntimeBackend"]
 
@@ -37,12 +43,14 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(
-        self, module: nn.Module, device: str = "cpu", threads: int | None = None, *, exporter: str = "auto",
-        flush_denormals: bool = True,
+        self, module: Optional[nn.Module], device: str = "cpu", threads: int | None = None, *,
+        exporter: str = "auto", flush_denormals: bool = True, graph: Optional[bytes] = None,
     ) -> None:
         check_runtime(self.name, device, "fp32")
         if exporter not in ("auto", "dynamo"):
             raise ValueError(f"exporter must be 'auto' or 'dynamo', not {exporter!r}")
+        if (module is None) == (graph is None):
+            raise ValueError("give the module to export, or an exported graph (from_graph), not both")
         ort = _onnxruntime()
         self.device = device
         on_cpu = device == "cpu"
@@ -67,7 +75,10 @@ class OnnxRuntimeBackend:
         # runs several SDK workers per VM) spinning threads steal the cores the work needs
         # (bench/README.md, "Findings": ORT spin-waiting; bench/results/variants_model_one_core_busy.json).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        graph = export_onnx(module) if exporter == "auto" else export_onnx_dynamo(module)
+        if module is not None:
+            from model.export import export_onnx, export_onnx_dynamo
+
+            graph = export_onnx(module) if exporter == "auto" else export_onnx_dynamo(module)
         self.session = ort.InferenceSession(graph, sess_options=options, providers=providers)
         self._input = self.session.get_inputs()[0].name
         # On CPU every run, one crop or many, is on the pool's threads, where denormals are flushed
@@ -75,7 +86,18 @@ class OnnxRuntimeBackend:
         # keeps its mode. ORT's own "session.set_denormal_as_zero" only reaches its intra-op pool.
         self.flush_denormals = bool(flush_denormals) and on_cpu
         self._pool = network_pool(self.threads, "osnet-ort", self.flush_denormals) if on_cpu else None
-        check_export(self, module)
+        if module is not None:
+            from model.export import check_export
+
+            check_export(self, module)
+
+    @classmethod
+    def from_graph(
+        cls, graph: bytes, device: str = "cpu", threads: int | None = None, *, flush_denormals: bool = True,
+    ) -> "OnnxRuntimeBackend":
+        """A session on ``graph``, ONNX bytes already exported and checked against the module
+        (:func:`model.graph_cache.exported_graph` does both, in a child process): no torch here."""
+        return cls(None, device, threads, flush_denormals=flush_denormals, graph=graph)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         (features,) = self.session.run(None, {self._input: batch})
