@@ -12,6 +12,7 @@ import csv
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any, Optional
 
@@ -202,13 +203,20 @@ def child_e2e(spec: dict) -> dict:
     imported = time.perf_counter()
     argv = ["--input", spec["table"], "--output", spec["output"], "--weights", spec["weights"],
             "--arch", spec["arch"], *spec.get("pipeline_args", [])]
-    options = OsNetOptions(argv)
-    options.view_as(SetupOptions).save_main_session = False
+    import pipeline.run as runs
+
+    if hasattr(runs, "job_options"):  # what python -m pipeline sets (an older tree: by hand)
+        options = runs.job_options(argv)
+    else:
+        options = OsNetOptions(argv)
+        options.view_as(SetupOptions).save_main_session = False
     plan = plan_job(options)
     planned = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
     graph = build_pipeline(pipeline, options, plan)
     stamp_dir = spec.get("stamp_dir")  # rows encoded in other processes: wall-clock stamps in files
+    if stamp_dir is None and any("multi_processing" in arg for arg in spec.get("pipeline_args", [])):
+        stamp_dir = tempfile.mkdtemp(prefix="osnet-bench-stamps-")
     if stamp_dir:
         _ = graph["features"] | "BenchProbe" >> beam.ParDo(_probe.StampToFiles(stamp_dir))
     else:

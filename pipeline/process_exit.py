@@ -33,9 +33,28 @@ def _status(code: object) -> int:
     return 1
 
 
+def _release_idle_pool_workers() -> None:
+    """Tell every ``ThreadPoolExecutor``'s workers to end once their work is done, as Python's
+    exit does before it joins threads (``concurrent.futures.thread._python_exit``, registered with
+    ``threading._register_atexit``), but without its unbounded join. Idle workers (the model's
+    network threads, waiting for the next batch) then end at once instead of holding the exit for
+    :data:`THREADS_WAIT_S`."""
+    from concurrent.futures import thread as pool_threads
+
+    queues = getattr(pool_threads, "_threads_queues", None)
+    lock = getattr(pool_threads, "_global_shutdown_lock", None)
+    if queues is None or lock is None:  # another Python's internals: the bounded join still ends
+        return
+    with lock:
+        pool_threads._shutdown = True
+    for work_queue in list(queues.values()):
+        work_queue.put(None)  # the "no more work" a shut-down executor sends each worker
+
+
 def exit_process(status: int) -> NoReturn:
     """End the process with ``status`` after Python's own exit steps, skipping the native teardown."""
     deadline = time.monotonic() + THREADS_WAIT_S
+    _release_idle_pool_workers()
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join(max(deadline - time.monotonic(), 0.0))

@@ -163,6 +163,17 @@ def _new_pipeline(options: OsNetOptions) -> beam.Pipeline:
         raise
 
 
+def job_options(args: Sequence[str]) -> OsNetOptions:
+    """The job's options from its command line, with what every run sets itself: no main session
+    to pickle, and our Beam plugin, which SDK workers import before the job's DoFns so that
+    RunInference comes without torch (transforms/beam_ml.py)."""
+    options = OsNetOptions(list(args))
+    setup = options.view_as(SetupOptions)
+    setup.save_main_session = False
+    setup.beam_plugins = sorted({*(setup.beam_plugins or ()), beam_ml.__name__})
+    return options
+
+
 def execute(argv: Optional[Sequence[str]] = None) -> Outcome:
     """Plan, claim the output, run the job, and read back its manifest.
 
@@ -173,11 +184,7 @@ def execute(argv: Optional[Sequence[str]] = None) -> Outcome:
     passed_on = check_known_args(args)
     if passed_on:
         _LOG.warning("options the Python SDK does not know, left to the runner's job service: %s", passed_on)
-    options = OsNetOptions(args)
-    setup = options.view_as(SetupOptions)
-    setup.save_main_session = False
-    # SDK workers import it before the job's DoFns: RunInference without torch (transforms/beam_ml.py)
-    setup.beam_plugins = sorted({*(setup.beam_plugins or ()), beam_ml.__name__})
+    options = job_options(args)
     ours = options.view_as(OsNetOptions)
     started = time.monotonic()
     plan = plan_job(options)

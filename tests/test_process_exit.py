@@ -57,3 +57,20 @@ def test_the_console_script_and_python_m_end_through_it():
     refused = subprocess.run([str(script), "--input", str(REPO_ROOT / "no-such-*.csv"), "--output", "unused"],
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and refused.stderr.startswith("osnet-beam: error:"), refused.stderr
+
+
+def test_idle_thread_pools_do_not_hold_the_exit_and_their_last_work_finishes():
+    """A ThreadPoolExecutor left open (as the model's network threads are) ends with the command at
+    once, as under Python's own exit; a task still running is waited for."""
+    done = _run(
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "    idle = ThreadPoolExecutor(2); idle.submit(lambda: None).result()\n"
+        "    busy = ThreadPoolExecutor(1); busy.submit(lambda: (time.sleep(1), print('task finished', flush=True)))\n"
+        "    globals().update(started=time.monotonic(), pools=(idle, busy))\n"  # held, as the engine cache holds its pool
+        "    atexit.register(lambda: print(f'exit after {time.monotonic() - started:.1f} s', flush=True))\n"
+        "    return 0"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "task finished" in done.stdout and "thread finished" in done.stdout, done.stdout
+    waited = float(done.stdout.split("exit after ")[1].split(" s")[0])
+    assert waited < 5, done.stdout  # the task's 1 s, not the 10 s bound on waiting for threads

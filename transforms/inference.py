@@ -23,25 +23,23 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.beam_ml import import_run_inference
-
-import_run_inference()  # before the names below: without torch (transforms/beam_ml.py)
-from apache_beam.ml.inference.base import (  # noqa: E402
+from transforms import beam_ml  # noqa: F401  (first: it imports RunInference's module without torch)
+from apache_beam.ml.inference.base import (
     KeyedModelHandler,
     ModelHandler,
     PredictionResult,
     RunInference,
 )
 
-from model.engine import FeatureEngine  # noqa: E402
-from model.graph_cache import ExportedGraph, exported_graph  # noqa: E402
-from model.policy import RuntimePlan, local_gpu, plan_here, plan_runtime, settle  # noqa: E402
-from model.preprocess import resize_batch  # noqa: E402
-from model.runtimes import runtime_for_graph  # noqa: E402
-from transforms.errors import ERRORS_TAG, error_record  # noqa: E402
-from transforms import metrics  # noqa: E402
-from transforms.decode import restore_image_cell  # noqa: E402
-from transforms.reasons import Reason  # noqa: E402
+from model.engine import FeatureEngine
+from model.graph_cache import ExportedGraph, exported_graph
+from model.policy import RuntimePlan, local_gpu, plan_here, plan_runtime, settle
+from model.preprocess import resize_batch
+from model.runtimes import runtime_for_graph
+from transforms.errors import ERRORS_TAG, error_record
+from transforms import metrics
+from transforms.decode import restore_image_cell
+from transforms.reasons import Reason
 
 _LOG = logging.getLogger(__name__)
 _CACHE_DIR = os.path.join(tempfile.gettempdir(), "osnet-beam-weights")
@@ -81,7 +79,8 @@ def graph_for_workers(weights: str, arch: Optional[str]) -> ExportedGraph:
     calls it before local workers start, so that they find it instead of each exporting it.
 
     Raises:
-        model.graph_cache.GraphExportError: the export failed; the message says why.
+        model.contract.CheckpointError: the weights cannot be used.
+        model.graph_cache.GraphExportError: the export failed otherwise; the message says why.
     """
     return exported_graph(weights, arch, _CACHE_DIR)
 
