@@ -131,6 +131,7 @@ def plan_job(options: OsNetOptions) -> JobPlan:
     runtime = plan_workers_runtime(options)
     dry_run = bool(options.view_as(TestOptions).dry_run)  # as Beam reads it: any value
     # every key and shape checked against the architecture (inferred from the keys when not given)
+    arch = None
     if runtime.backend == "onnxruntime" and runs_on_this_machine(options) and not dry_run:
         # checked, exported and the export checked by a child process, once per machine: the
         # workers here find the graph, and this process imports no torch (model/graph_cache.py)
@@ -138,7 +139,9 @@ def plan_job(options: OsNetOptions) -> JobPlan:
             arch = graph_for_workers(weights, ours.arch).arch
         except GraphExportError as error:
             raise CheckpointError(f"--weights {ours.weights}: {error}") from None
-    else:
+        except OSError:  # no writable temporary folder: checked here; the workers export it themselves
+            pass
+    if arch is None:
         from model.checkpoint import load_osnet  # torch: the module itself runs, or workers are elsewhere
 
         arch = load_osnet(weights, ours.arch).arch

@@ -222,3 +222,20 @@ def test_two_sdk_processes_encode_without_torch_from_the_cli(seed_table, tmp_pat
     loads = re.findall(r"loaded OSNet osnet_x0_25 from [^\"]*?; (torch (?:not )?loaded) in this process", done.stderr)
     assert loads and set(loads) == {"torch not loaded"}, loads
     assert "encoded=20 errors=0" in done.stdout, done.stdout
+
+
+def test_without_a_writable_cache_the_worker_exports_in_process(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import transforms.inference as inference
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(inference, "_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(inference, "_ENGINES", {})
+    caplog.set_level(logging.WARNING, logger="transforms.inference")
+    handler = inference.OsNetModelHandler(str(BUNDLED), arch="osnet_x0_25", backend="onnxruntime", device="cpu")
+    engine = handler.load_model()
+    crops = [np.random.default_rng(1).integers(0, 256, (90, 40, 3), dtype=np.uint8)]
+    assert engine.plan.backend == "onnxruntime" and engine.encode_crops(crops).shape == (1, 512)
+    assert any("cannot cache the ONNX graph" in r.getMessage() for r in caplog.records), caplog.text

@@ -169,8 +169,13 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, FeatureEngine]):
         child process (:mod:`model.graph_cache`): this process needs no torch for it. The other
         runtimes run the module itself."""
         weights = local_weights(self._weights)
+        graph = None
         if plan.backend == "onnxruntime":
-            graph = graph_for_workers(weights, self._arch)
+            try:
+                graph = graph_for_workers(weights, self._arch)
+            except OSError as error:  # no writable temporary folder: export here, as before the cache
+                _LOG.warning("cannot cache the ONNX graph in %s (%s); exporting it in this process", _CACHE_DIR, error)
+        if graph is not None:
             runtime = runtime_for_graph(graph.read(), plan, self._threads)
             engine = FeatureEngine(None, plan, runtime=runtime, channel_order=self._channel_order)
             arch, source = graph.arch, f"{self._weights} (ONNX graph {graph.path})"
