@@ -56,7 +56,6 @@ __all__ = [
     "preprocess_batch",
     "read_state_dict",
 ]
-assert sorted(__all__) == sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

@@ -49,11 +49,13 @@ class GraphExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class ExportedGraph:
-    """A cached, checked export: the graph file, the architecture it was built as, its sha256."""
+    """A cached, checked export: the graph file, the architecture it was built as, its sha256,
+    and the sha256 of the weights it was exported from."""
 
     path: str
     arch: str
     sha256: str
+    weights_sha256: str = ""
 
     def read(self) -> bytes:
         """The graph's bytes, refused (GraphExportError) if they are not what was written."""
@@ -81,7 +83,11 @@ def _torch_version() -> str:
 
 def graph_key(weights: str, arch: Optional[str]) -> str:
     """The cache entry's name for ``weights`` (a local file) exported as ``arch`` (None: inferred)."""
-    identity = json.dumps([_file_sha256(weights), arch or "", _torch_version(), GRAPH_FORMAT])
+    return _key(_file_sha256(weights), arch)
+
+
+def _key(weights_sha256: str, arch: Optional[str]) -> str:
+    identity = json.dumps([weights_sha256, arch or "", _torch_version(), GRAPH_FORMAT])
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
@@ -90,7 +96,7 @@ def _paths(cache_dir: str, key: str) -> tuple[str, str, str]:
     return f"{base}.onnx", f"{base}.json", f"{base}.lock"
 
 
-def _cached(graph_path: str, info_path: str) -> Optional[ExportedGraph]:
+def _cached(graph_path: str, info_path: str, weights_sha256: str) -> Optional[ExportedGraph]:
     try:
         with open(info_path) as stream:
             info = json.load(stream)
@@ -98,7 +104,7 @@ def _cached(graph_path: str, info_path: str) -> Optional[ExportedGraph]:
         return None
     if not os.path.isfile(graph_path):
         return None
-    return ExportedGraph(graph_path, info["arch"], info["sha256"])
+    return ExportedGraph(graph_path, info["arch"], info["sha256"], weights_sha256)
 
 
 @contextlib.contextmanager
@@ -140,29 +146,27 @@ def exported_graph(weights: str, arch: Optional[str], cache_dir: str, *, timeout
             torch installed); its last lines of output are in the message.
     """
     os.makedirs(cache_dir, exist_ok=True)
-    found = _export_entry(weights, arch, cache_dir, timeout_s)
+    digest = _file_sha256(weights)  # read once: the key of both entries, and the caller's hash
+    found = _export_entry(weights, digest, arch, cache_dir, timeout_s)
     if arch is None:
-        named_graph, named_info, named_lock = _paths(cache_dir, graph_key(weights, found.arch))
-        with _locked(named_lock):
-            if _cached(named_graph, named_info) is None:
-                for source, target in ((found.path, named_graph), (_info_path_of(found), named_info)):
+        entry = _paths(cache_dir, _key(digest, None))
+        named = _paths(cache_dir, _key(digest, found.arch))
+        with _locked(named[2]):
+            if _cached(named[0], named[1], digest) is None:
+                for source, target in zip(entry[:2], named[:2]):  # the sidecar last, as an export writes them
                     partial = f"{target}.{os.getpid()}.partial"
                     shutil.copyfile(source, partial)
-                    os.replace(partial, target)  # the sidecar last, as an export writes them
+                    os.replace(partial, target)
     return found
 
 
-def _info_path_of(graph: ExportedGraph) -> str:
-    return graph.path[: -len(".onnx")] + ".json"
-
-
-def _export_entry(weights: str, arch: Optional[str], cache_dir: str, timeout_s: float) -> ExportedGraph:
-    graph_path, info_path, lock_path = _paths(cache_dir, graph_key(weights, arch))
-    found = _cached(graph_path, info_path)
+def _export_entry(weights: str, digest: str, arch: Optional[str], cache_dir: str, timeout_s: float) -> ExportedGraph:
+    graph_path, info_path, lock_path = _paths(cache_dir, _key(digest, arch))
+    found = _cached(graph_path, info_path, digest)
     if found is not None:
         return found
     with _locked(lock_path):
-        found = _cached(graph_path, info_path)  # another process may have made it meanwhile
+        found = _cached(graph_path, info_path, digest)  # another process may have made it meanwhile
         if found is not None:
             return found
         suffix = f".{os.getpid()}.partial"
@@ -186,7 +190,7 @@ def _export_entry(weights: str, arch: Optional[str], cache_dir: str, timeout_s: 
             raise GraphExportError(f"could not export {weights} to ONNX (exit {done.returncode}): {tail}")
         os.replace(graph_path + suffix, graph_path)
         os.replace(info_path + suffix, info_path)  # last: the entry is whole from here on
-    found = _cached(graph_path, info_path)
+    found = _cached(graph_path, info_path, digest)
     if found is None:
         raise GraphExportError(f"the export of {weights} left no entry in {cache_dir}")
     return found

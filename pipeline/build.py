@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import re
 import sys
@@ -131,22 +132,26 @@ def plan_job(options: OsNetOptions) -> JobPlan:
     runtime = plan_workers_runtime(options)
     dry_run = bool(options.view_as(TestOptions).dry_run)  # as Beam reads it: any value
     # every key and shape checked against the architecture (inferred from the keys when not given)
-    arch = None
+    graph = None
     if runtime.backend == "onnxruntime" and runs_on_this_machine(options) and not dry_run:
         # checked, exported and the export checked by a child process, once per machine: the
         # workers here find the graph, and this process imports no torch (model/graph_cache.py)
         try:
-            arch = graph_for_workers(weights, ours.arch).arch
+            graph = graph_for_workers(weights, ours.arch)
         except GraphExportError as error:
             raise CheckpointError(f"--weights {ours.weights}: {error}") from None
         except OSError:  # no writable temporary folder: checked here; the workers export it themselves
             pass
-    if arch is None:
+    if graph is not None:
+        arch, weights_sha256 = graph.arch, graph.weights_sha256
+    else:
         from model.checkpoint import load_osnet  # torch: the module itself runs, or workers are elsewhere
 
-        arch = load_osnet(weights, ours.arch).arch
-    with open(weights, "rb") as stream:
-        weights_sha256 = hashlib.sha256(stream.read()).hexdigest()
+        with open(weights, "rb") as stream:  # read once: hashed, then parsed
+            checkpoint = stream.read()
+        named = io.BytesIO(checkpoint)
+        named.name = weights  # what the checkpoint's error messages call it
+        arch, weights_sha256 = load_osnet(named, ours.arch).arch, hashlib.sha256(checkpoint).hexdigest()
     replaces: tuple = ()
     if not dry_run:  # a dry run touches no output (and works offline for gs:// outputs)
         replaces = tuple(outputs.check_output_dir(ours.output, ours.overwrite))

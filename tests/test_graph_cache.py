@@ -2,6 +2,7 @@
 processes that run it without importing torch (SDK workers, the launcher)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -60,6 +61,7 @@ def test_a_second_ask_reads_the_entry_and_the_inferred_arch_is_an_entry_too(bund
     again = exported_graph(str(BUNDLED), None, str(cache))
     named = exported_graph(str(BUNDLED), "osnet_x0_25", str(cache))  # what the workers ask for
     assert again == bundled_graph
+    assert bundled_graph.weights_sha256 == hashlib.sha256(BUNDLED.read_bytes()).hexdigest()
     assert named.arch == "osnet_x0_25" and named.read() == bundled_graph.read()
     info = json.loads(Path(bundled_graph.path).with_suffix(".json").read_text())
     assert info["arch"] == "osnet_x0_25" and info["format"] == graph_cache.GRAPH_FORMAT
@@ -222,6 +224,68 @@ def test_two_sdk_processes_encode_without_torch_from_the_cli(seed_table, tmp_pat
     loads = re.findall(r"loaded OSNet osnet_x0_25 from [^\"]*?; (torch (?:not )?loaded) in this process", done.stderr)
     assert loads and set(loads) == {"torch not loaded"}, loads
     assert "encoded=20 errors=0" in done.stdout, done.stdout
+
+    # read back with README's recipe: every row once, the features the module path computes
+    from model import load_osnet
+    from model.engine import FeatureEngine
+    from model.policy import plan_here
+    from pipeline import read_features
+    from pipeline.outputs import read_manifest
+    from transforms.crop_codec import decode_crop
+
+    table = read_features(str(tmp_path / "out")).to_pylist()
+    image = header.index("feature_vector")
+    by_file = {row[header.index("file")]: row for row in body}
+    assert sorted(r["file"] for r in table) == sorted(by_file)
+    engine = FeatureEngine(load_osnet(BUNDLED), plan_here("onnxruntime", "cpu"))
+    expected = engine.encode_crops([decode_crop(by_file[r["file"]][image]) for r in table])
+    np.testing.assert_array_equal(np.asarray([r["feature_vector"] for r in table], np.float32), expected)
+    for row in table:  # pass-through cells as read
+        assert str(row["frame"]) == by_file[row["file"]][header.index("frame")]
+    manifest = read_manifest(str(tmp_path / "out"))
+    assert manifest["model"]["weights_sha256"] == hashlib.sha256(BUNDLED.read_bytes()).hexdigest()
+    assert manifest["model"]["arch"] == "osnet_x0_25"
+
+
+def test_unusable_or_unsafe_weights_are_refused_by_the_cli_before_the_job(seed_table, tmp_path):
+    """As a user runs it: the child process checks the weights; the launcher exits 2 with the
+    checkpoint's own message, writes no output, and an unsafe pickle is never run."""
+    import pickle
+
+    import torch
+
+    marker = tmp_path / "marker"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"state_dict": Exploit()}, tmp_path / "evil.pth", pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    (tmp_path / "truncated.pth").write_bytes(BUNDLED.read_bytes()[:5000])
+    for name in ("evil.pth", "truncated.pth"):
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "--input", str(seed_table), "--output", str(tmp_path / "out"),
+             "--weights", str(tmp_path / name)],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)},
+        )
+        assert done.returncode == 2, (name, done.stderr[-2000:])
+        assert done.stderr.startswith("osnet-beam: error:") and name in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        with pytest.raises(CheckpointError) as in_process:
+            from model.checkpoint import load_osnet
+
+            load_osnet(tmp_path / name)
+        assert str(in_process.value) in done.stderr, (str(in_process.value), done.stderr)
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    assert not list((tmp_path / "osnet-beam-weights").glob("*.onnx"))
+
+
+def test_the_lazy_model_names_are_exactly_the_public_ones():
+    import model
+
+    assert sorted(model.__all__) == sorted(model._EXPORTS)
+    for name in model.__all__:
+        assert getattr(model, name) is getattr(__import__(model._EXPORTS[name], fromlist=[name]), name)
 
 
 def test_without_a_writable_cache_the_worker_exports_in_process(tmp_path, monkeypatch, caplog):
