@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from pipeline.validate import IN_PROCESS_RUNNERS, runner_name
 
-__all__ = ["BUNDLE_THREADS", "DIRECT_FLAGS", "default_bundle_threads", "describe_local_bundles", "spreads_whole_files"]
+__all__ = ["BUNDLE_THREADS", "DIRECT_FLAGS", "default_bundle_threads", "spreads_whole_files"]
 
 #: Bundles a local run processes at once by default: two, so that one is read and decoded while
 #: the other waits for the network. More add nothing on the measurements (bench/README.md).
@@ -50,21 +50,6 @@ def default_bundle_threads(options: PipelineOptions, args: Sequence[str]) -> Opt
     direct.direct_running_mode = "multi_threading"
     direct.direct_num_workers = BUNDLE_THREADS
     return f"--direct_running_mode=multi_threading --direct_num_workers={BUNDLE_THREADS}"
-
-
-def describe_local_bundles(options: PipelineOptions) -> Optional[str]:
-    """How the DirectRunner runs this job's bundles, in words for the log (None on other runners)."""
-    if runner_name(options.view_as(StandardOptions).runner) not in IN_PROCESS_RUNNERS:
-        return None
-    direct = options.view_as(DirectOptions)
-    workers = direct.direct_num_workers or 1
-    if direct.direct_running_mode == "multi_processing" and workers > 1:
-        return f"DirectRunner, {workers} SDK worker processes (--direct_running_mode=multi_processing)"
-    if workers > 1:
-        return (f"DirectRunner, {workers} bundles at a time in threads of this process "
-                f"(--direct_running_mode={direct.direct_running_mode} --direct_num_workers={workers}; "
-                "--direct_num_workers=1 for one at a time)")
-    return "DirectRunner, one bundle at a time"
 
 
 def spreads_whole_files(options: PipelineOptions) -> bool:

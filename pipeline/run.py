@@ -26,7 +26,7 @@ from pipeline import outputs
 from pipeline.build import JobPlan, build_pipeline, plan_job
 from pipeline.console import LOG_LEVELS, LocalProgress, Totals, configure_logging, watch_remote_job
 from pipeline import stop
-from pipeline.local_workers import default_bundle_threads, describe_local_bundles
+from pipeline.local_workers import default_bundle_threads
 from pipeline.options import OsNetOptions
 from pipeline.stop import StopGuard
 from pipeline.validate import OptionError, check_known_args, runs_in_this_process, runs_on_this_machine, wants_no_wait
@@ -108,9 +108,6 @@ def _log_plan(options: OsNetOptions, plan) -> None:
         runtime += " as planned for the workers"
     _LOG.info("model: %s from %s; %s", plan.arch, ours.weights, runtime)
     _LOG.info("output: %s (%s), run %s", ours.output, ours.output_format, plan.run_id)
-    bundles = describe_local_bundles(options)
-    if bundles:
-        _LOG.info("runner: %s", bundles)
 
 
 def _runner_name(options: OsNetOptions) -> str:
@@ -176,7 +173,10 @@ def job_options(args: Sequence[str]) -> OsNetOptions:
     setup = options.view_as(SetupOptions)
     setup.save_main_session = False
     setup.beam_plugins = sorted({*(setup.beam_plugins or ()), beam_ml.__name__})
-    default_bundle_threads(options, args)
+    bundle_threads = default_bundle_threads(options, args)
+    if bundle_threads:
+        _LOG.info("DirectRunner: %s (bundles read while others encode; --direct_num_workers=1 for one "
+                  "at a time)", bundle_threads)
     return options
 
 
