@@ -21,8 +21,7 @@ from model.graph_cache import GraphExportError
 from model.policy import RuntimePlan, local_gpu, plan_runtime
 from pipeline import outputs
 from pipeline.options import OsNetOptions
-from pipeline.local_workers import spreads_whole_files
-from pipeline.validate import OptionError, check_option_values, expand_user_paths, runs_on_this_machine
+from pipeline.validate import OptionError, check_option_values, expand_user_paths, one_local_worker, runs_on_this_machine
 from transforms import USER_LOG
 from transforms.csv_records import CsvDialect
 from transforms.decode import DecodeCrops
@@ -229,9 +228,9 @@ def build_pipeline(
     ours = options.view_as(OsNetOptions)
     output_column = ours.output_column or ours.image_column
     # the files planned (and checked) are the files read: the glob is not matched again
-    spread = spreads_whole_files(options)
+    spread = not one_local_worker(options)
     if not spread and any(not f.splittable for f in plan.layout.csv_plans or ()):
-        USER_LOG.info("one process runs the job here: the records of the files read whole go straight on "
+        USER_LOG.info("one worker runs the job here: the records of the files read whole go straight on "
                       "(spreading them would first hold them all in this machine's memory)")
     read = p | "ReadRows" >> ReadRows(plan.layout, ours.image_column, progress_dir, spread_whole_files=spread)
     decoded = read["rows"] | "DecodeCrops" >> beam.ParDo(

@@ -26,7 +26,6 @@ from pipeline import outputs
 from pipeline.build import JobPlan, build_pipeline, plan_job
 from pipeline.console import LOG_LEVELS, LocalProgress, Totals, configure_logging, watch_remote_job
 from pipeline import stop
-from pipeline.local_workers import default_bundle_threads
 from pipeline.options import OsNetOptions
 from pipeline.stop import StopGuard
 from pipeline.validate import OptionError, check_known_args, runs_in_this_process, runs_on_this_machine, wants_no_wait
@@ -166,17 +165,12 @@ def _new_pipeline(options: OsNetOptions) -> beam.Pipeline:
 
 def job_options(args: Sequence[str]) -> OsNetOptions:
     """The job's options from its command line, with what every run sets itself: no main session
-    to pickle; our Beam plugin, which SDK workers import before the job's DoFns so that
-    RunInference comes without torch (transforms/beam_ml.py); and, on the DirectRunner without
-    its worker flags, two bundles at a time in threads (pipeline/local_workers.py)."""
+    to pickle, and our Beam plugin, which SDK workers import before the job's DoFns so that
+    RunInference comes without torch (transforms/beam_ml.py)."""
     options = OsNetOptions(list(args))
     setup = options.view_as(SetupOptions)
     setup.save_main_session = False
     setup.beam_plugins = sorted({*(setup.beam_plugins or ()), beam_ml.__name__})
-    bundle_threads = default_bundle_threads(options, args)
-    if bundle_threads:
-        _LOG.info("DirectRunner: %s (bundles read while others encode; --direct_num_workers=1 for one "
-                  "at a time)", bundle_threads)
     return options
 
 

@@ -11,6 +11,7 @@ import os
 from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import (
+    DirectOptions,
     PipelineOptions,
     PortableOptions,
     StandardOptions,
@@ -31,8 +32,7 @@ class OptionError(ValueError):
     """A flag or a value the job refuses before it starts (exit status 2)."""
 
 
-def runner_name(runner: object) -> Optional[str]:
-    """The runner's class name without its module (None or "" for the default, the DirectRunner)."""
+def _runner_name(runner: object) -> Optional[str]:
     if runner is None or isinstance(runner, str):
         name = runner
     else:
@@ -71,7 +71,7 @@ def check_known_args(argv: Sequence[str]) -> list[str]:
         return []
     every_flag = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
     ours = _our_flags()
-    runner = runner_name(getattr(known, "runner", None))
+    runner = _runner_name(getattr(known, "runner", None))
     let_through: list[str] = []
     problems: list[str] = []
     previous_unknown_flag = False
@@ -102,11 +102,20 @@ def check_known_args(argv: Sequence[str]) -> list[str]:
 
 def runs_on_this_machine(options: PipelineOptions) -> bool:
     """True when the workers run on the launching machine: DirectRunner, or LOOPBACK workers."""
-    runner = runner_name(options.view_as(StandardOptions).runner)
+    runner = _runner_name(options.view_as(StandardOptions).runner)
     if runner in IN_PROCESS_RUNNERS:
         return True
     environment = (options.view_as(PortableOptions).environment_type or "").upper()
     return environment == "LOOPBACK"
+
+
+def one_local_worker(options: PipelineOptions) -> bool:
+    """True when one worker on this machine runs the whole job: the DirectRunner with one worker
+    (its default). Its shuffles are held in this process's memory."""
+    if _runner_name(options.view_as(StandardOptions).runner) not in IN_PROCESS_RUNNERS:
+        return False
+    workers = options.view_as(DirectOptions).direct_num_workers
+    return (os.cpu_count() or 1) == 1 if workers == 0 else workers in (None, 1)
 
 
 def runs_in_this_process(options: PipelineOptions) -> bool:
@@ -157,7 +166,7 @@ def check_option_values(options: PipelineOptions) -> None:
     if fraction is not None and not 0.0 <= fraction <= 1.0:
         problems.append(f"--max_error_fraction must be between 0 and 1, not {fraction}")
     if wants_no_wait(options) and runs_in_this_process(options):
-        runner = runner_name(options.view_as(StandardOptions).runner) or "DirectRunner"
+        runner = _runner_name(options.view_as(StandardOptions).runner) or "DirectRunner"
         problems.append(f"--no_wait needs a runner that runs the job elsewhere (Dataflow, Flink); {runner} runs it in this process")
     cuda = _cuda_available() if runs_on_this_machine(options) else None
     problem = device_precision_problem(ours.device, ours.precision, cuda)

@@ -321,17 +321,14 @@ def test_read_csv_records_in_a_pipeline_gives_each_record_once(tmp_path):
 
 
 def test_files_read_whole_are_spread_only_where_there_are_workers_to_spread_to():
-    """The DirectRunner's shuffle holds every record in memory: where one process runs the job
-    (in memory, or with its bundles in threads, the CLI's default) a whole-read file's records go
-    straight on (the scale benchmark: 4.3 GB -> 1.2 GB peak RSS)."""
+    """The DirectRunner's shuffle holds every record in memory: with its one default worker a
+    whole-read file's records go straight on (the scale benchmark: 4.3 GB -> 1.2 GB peak RSS)."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.local_workers import spreads_whole_files
+    from pipeline.validate import one_local_worker
 
-    assert not spreads_whole_files(PipelineOptions([]))
-    assert not spreads_whole_files(PipelineOptions(["--runner=DirectRunner", "--direct_num_workers=1"]))
-    assert not spreads_whole_files(PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_threading"]))
-    assert not spreads_whole_files(PipelineOptions(["--direct_num_workers=1", "--direct_running_mode=multi_processing"]))
-    assert spreads_whole_files(PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"]))
-    assert spreads_whole_files(PipelineOptions(["--runner=DataflowRunner"]))
-    assert spreads_whole_files(PipelineOptions(["--runner=PortableRunner", "--environment_type=LOOPBACK"]))
+    assert one_local_worker(PipelineOptions([]))
+    assert one_local_worker(PipelineOptions(["--runner=DirectRunner", "--direct_num_workers=1"]))
+    assert not one_local_worker(PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"]))
+    assert not one_local_worker(PipelineOptions(["--runner=DataflowRunner"]))
+    assert not one_local_worker(PipelineOptions(["--runner=PortableRunner", "--environment_type=LOOPBACK"]))
