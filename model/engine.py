@@ -14,6 +14,7 @@ from model.contract import FEATURE_DIM
 from model.policy import RuntimePlan
 from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, check_pixels, resize_batch, standardize_batch, to_rgb
 from model.runtimes import FeatureBackend, runtime_for
+from model.runtimes.cpu import PendingFeatures
 
 if TYPE_CHECKING:
     from torch import nn
@@ -68,7 +69,7 @@ class FeatureEngine:
         runs it through the network (CPU runtimes with a thread pool: ONNX Runtime, OpenVINO), so
         the preprocessing is spread over every core as the network is. Same values bit for bit
         as :meth:`resize` then :meth:`encode_pixels`."""
-        return hasattr(self.runtime, "map_crops") and not self.plan.on_cuda
+        return hasattr(self.runtime, "submit_crops") and not self.plan.on_cuda
 
     def resize(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Crops -> resized uint8 pixels (N, H, W, 3), as :meth:`encode_pixels` takes them."""
@@ -95,16 +96,28 @@ class FeatureEngine:
         Raises:
             ValueError: a crop that is not a uint8 (H, W[, C]) array (None included).
         """
+        return self.submit_crops(crops).result()
+
+    def submit_crops(self, crops: Sequence[np.ndarray]) -> PendingFeatures:
+        """:meth:`encode_crops` started: with :attr:`preprocesses_in_network_threads` it returns
+        as soon as the crops are handed to the network's threads, so the caller can prepare the
+        next batch while they run; otherwise it computes them first. Either way the features come
+        from the result's ``result()``, in input order.
+
+        Raises:
+            ValueError: at once, a crop that is not a uint8 (H, W[, C]) array (None included),
+                before any work starts. A failure of the network is raised by ``result()``.
+        """
         crops = list(crops)
         if self.preprocesses_in_network_threads:
             for crop in crops:  # every bad crop refused before any work, as resize_batch does
                 to_rgb(crop, self.channel_order)
-            return self.runtime.map_crops(self._network_input_of_one, crops)
+            return self.runtime.submit_crops(self._network_input_of_one, crops)
         out = np.empty((len(crops), FEATURE_DIM), dtype=np.float32)
         for start in range(0, len(crops), self.batch_size):
             chunk = crops[start : start + self.batch_size]
             out[start : start + len(chunk)] = self._features(self.resize(chunk))
-        return out
+        return PendingFeatures.settled(out)
 
     def _network_input_of_one(self, crop: np.ndarray) -> np.ndarray:
         return standardize_batch(self.resize([crop]), mean=self.mean, std=self.std)

@@ -139,7 +139,7 @@ inference._CACHE_DIR = {str(Path(bundled_graph.path).parent)!r}
 handler = inference.OsNetModelHandler({str(BUNDLED)!r}, arch="osnet_x0_25")
 engine = handler.load_model()
 crops = [np.random.default_rng(i).integers(0, 256, (120 + i, 50, 3), dtype=np.uint8) for i in range(3)]
-features = [r.inference for r in handler.run_inference(crops, engine)]
+features = [r.inference.features() for r in handler.run_inference(crops, engine)]
 np.save(sys.argv[1], np.stack(features))
 print(json.dumps({{"torch": "torch" in sys.modules, "backend": engine.plan.backend}}))
 """

@@ -7,21 +7,28 @@ Beam filesystem and cached on local disk), and ``run_inference`` turns a batch o
 512-d float32 features. :class:`EncodeCrops`
 keys each crop by its row so the features rejoin the row they came from, and turns a batch the
 model raised on into error records instead of a failed job.
+
+On CPU, ``run_inference`` only hands the batch to the model's threads and returns; the step after
+RunInference collects each batch's features :data:`BATCHES_AHEAD` batches later. Meanwhile the
+pipeline's thread reads, parses and decodes the next batches instead of waiting for the network
+(bench/README.md, "Where the pipeline's thread waits").
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import os
 import sys
 import tempfile
 import threading
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import beam_ml  # noqa: F401  (first: it imports RunInference's module without torch)
 from apache_beam.ml.inference.base import (
@@ -36,6 +43,7 @@ from model.graph_cache import ExportedGraph, exported_graph
 from model.policy import RuntimePlan, local_gpu, plan_here, plan_runtime, settle
 from model.preprocess import resize_batch
 from model.runtimes import runtime_for_graph
+from model.runtimes.cpu import PendingFeatures
 from transforms.errors import ERRORS_TAG, error_record
 from transforms import metrics
 from transforms.decode import restore_image_cell
@@ -49,6 +57,22 @@ _ENGINES: dict[tuple, FeatureEngine] = {}
 _ENGINES_LOCK = threading.Lock()
 #: How many times this process built an engine from weights (tests check it stays at one).
 load_count = 0
+#: Batches whose features the step after RunInference waits for only once this many later
+#: batches have been handed to the model: the model's threads always have a batch queued while
+#: the pipeline's thread prepares the next. Crops held meanwhile: about (1 + this) batches.
+BATCHES_AHEAD = 2
+
+
+class FeatureSlot(NamedTuple):
+    """What ``run_inference`` returns as a crop's inference: row ``index`` of its batch's
+    features, which may still be running (:class:`model.runtimes.cpu.PendingFeatures`)."""
+
+    batch: PendingFeatures
+    index: int
+
+    def features(self) -> np.ndarray:
+        """The crop's float32 (512,) features, once its batch is done (waits for it)."""
+        return self.batch.result()[self.index]
 
 
 def local_weights(path: str) -> str:
@@ -195,17 +219,20 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, FeatureEngine]):
         model: FeatureEngine,
         inference_args: Optional[dict[str, Any]] = None,
     ) -> Iterable[PredictionResult]:
+        """One :class:`FeatureSlot` per crop. On CPU the batch is only started: each crop is
+        resized, standardised and run on one of the model's threads, so the preprocessing is
+        spread over the cores as the network is (bench/README.md), while this thread goes on.
+        A crop that is not an image is refused here, before any work; a failure of the network
+        comes out of the slot, and :class:`EncodeCrops` turns it into error records."""
         if not self._share_across_processes and model.preprocesses_in_network_threads:
-            # CPU: each crop is resized and standardised on the thread that then runs it, so the
-            # preprocessing is spread over the cores as the network is (bench/README.md).
-            features = model.encode_crops(batch)
+            features = model.submit_crops(batch)
         else:
             # Resized here, in the worker process that decoded the crops: with a model shared by
             # the machine's processes, the model's process then only standardises and runs the
             # network; on a GPU the device standardises.
             pixels = resize_batch(batch, channel_order=self._channel_order)
-            features = model.encode_pixels(pixels)
-        return [PredictionResult(crop, vector) for crop, vector in zip(batch, features)]
+            features = PendingFeatures.settled(model.encode_pixels(pixels))
+        return [PredictionResult(crop, FeatureSlot(features, index)) for index, crop in enumerate(batch)]
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         return sum(int(crop.nbytes) for crop in batch)
@@ -224,27 +251,63 @@ class OsNetModelHandler(ModelHandler[np.ndarray, np.ndarray, FeatureEngine]):
         return self._share_across_processes
 
 
-class _ToFeatures(beam.DoFn):
-    """``(row, PredictionResult)`` to ``(row, features)``, counted."""
+def _inference_failed(row: Mapping[str, Any], crop: np.ndarray, batch_size: int, exception: BaseException,
+                      image_column: str) -> dict:
+    """The error record of a row whose batch the model failed on, its image cell written back
+    (the decode step dropped it; the error output promises it)."""
+    Metrics.counter(metrics.NAMESPACE, metrics.error_counter(Reason.INFERENCE_FAILED)).inc()
+    detail = f"model failed on a batch of {batch_size}: {type(exception).__name__}: {exception}"
+    return error_record(Reason.INFERENCE_FAILED.value, detail, row=restore_image_cell(row, image_column, crop))
+
+
+class _CollectFeatures(beam.DoFn):
+    """``(row, PredictionResult)`` to ``(row, features)`` once the row's batch is done, waiting
+    for a batch only when :data:`BATCHES_AHEAD` later ones have been started (and at the end of
+    the bundle); each row keeps its window and timestamp. Rows of a batch the model failed on go
+    to the ``errors`` output."""
+
+    def __init__(self, image_column: str, batches_ahead: int = BATCHES_AHEAD):
+        self._image_column = image_column
+        self._batches_ahead = batches_ahead
 
     def setup(self) -> None:
         self._encoded = Metrics.counter(metrics.NAMESPACE, metrics.ROWS_ENCODED)
 
-    def process(self, keyed: tuple[Mapping[str, Any], PredictionResult]) -> Iterator[Any]:
+    def start_bundle(self) -> None:
+        # batches in the order started: (features, [(row, crop, index, timestamp, window), ...])
+        self._started: collections.deque = collections.deque()
+
+    def process(self, keyed: tuple[Mapping[str, Any], PredictionResult], timestamp=beam.DoFn.TimestampParam,
+                window=beam.DoFn.WindowParam) -> Iterator[Any]:
         row, result = keyed
-        self._encoded.inc()
-        yield row, np.asarray(result.inference, dtype=np.float32)
+        slot: FeatureSlot = result.inference
+        if not self._started or self._started[-1][0] is not slot.batch:
+            while len(self._started) > self._batches_ahead - 1:
+                yield from self._collect(*self._started.popleft())
+            self._started.append((slot.batch, []))
+        self._started[-1][1].append((row, result.example, slot.index, timestamp, window))
+
+    def finish_bundle(self) -> Iterator[Any]:
+        while self._started:
+            yield from self._collect(*self._started.popleft())
+
+    def _collect(self, batch: PendingFeatures, members: list) -> Iterator[Any]:
+        try:
+            features = batch.result()
+        except Exception as exception:  # noqa: BLE001  (any failure of the model: its rows are errors)
+            for row, crop, _, timestamp, window in members:
+                record = _inference_failed(row, crop, len(members), exception, self._image_column)
+                yield beam.pvalue.TaggedOutput(ERRORS_TAG, WindowedValue(record, timestamp, (window,)))
+            return
+        for row, _, index, timestamp, window in members:
+            self._encoded.inc()
+            yield WindowedValue((row, features[index]), timestamp, (window,))
 
 
 def _failed_batch_to_errors(failure: tuple[Sequence[Any], BaseException], image_column: str) -> Iterator[dict]:
     batch, exception = failure
-    detail = f"model failed on a batch of {len(batch)}: {type(exception).__name__}: {exception}"
-    counter = Metrics.counter(metrics.NAMESPACE, metrics.error_counter(Reason.INFERENCE_FAILED))
     for row, crop in batch:
-        counter.inc()
-        # the decode step dropped the cell; the error output promises it, so it is written back
-        row = restore_image_cell(row, image_column, crop)
-        yield error_record(Reason.INFERENCE_FAILED.value, detail, row=row)
+        yield _inference_failed(row, crop, len(batch), exception, image_column)
 
 
 class EncodeCrops(beam.PTransform):
@@ -264,8 +327,11 @@ class EncodeCrops(beam.PTransform):
         predictions, failures = crops | "RunInference" >> RunInference(
             KeyedModelHandler(self._handler)
         ).with_exception_handling()
-        features = predictions | "Features" >> beam.ParDo(_ToFeatures())
-        errors = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
+        collected = predictions | "Features" >> beam.ParDo(_CollectFeatures(self._image_column)).with_outputs(
+            ERRORS_TAG, main="features"
+        )
+        failed = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
             _failed_batch_to_errors, self._image_column
         )
-        return {"features": features, ERRORS_TAG: errors}
+        errors = (failed, collected[ERRORS_TAG]) | "ModelErrors" >> beam.Flatten()
+        return {"features": collected.features, ERRORS_TAG: errors}

@@ -15,14 +15,22 @@ import functools
 import os
 import platform
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from model.contract import FEATURE_DIM
 
-__all__ = ["default_threads", "flush_denormals_in_this_thread", "map_crops", "network_pool", "thread_flushes_denormals"]
+__all__ = [
+    "PendingFeatures",
+    "default_threads",
+    "flush_denormals_in_this_thread",
+    "map_crops",
+    "network_pool",
+    "submit_crops",
+    "thread_flushes_denormals",
+]
 
 
 def default_threads() -> int:
@@ -101,8 +109,69 @@ def network_pool(workers: int, prefix: str, flush: bool = True, torch_threads: i
     return ThreadPoolExecutor(workers, prefix, initializer=initializer, initargs=(torch_threads,))
 
 
+class PendingFeatures:
+    """The features of a batch whose crops are being run on a pool: :meth:`result` waits for them.
+
+    What lets a caller hand the network one batch and go on preparing the next while it runs
+    (:meth:`model.engine.FeatureEngine.submit_crops`). :meth:`settled` wraps features (or a
+    failure) already computed, so that a caller has one kind of result whichever runtime made it.
+    Pickling one waits for it and pickles its outcome: an object that leaves the process carries
+    features, never a handle on this process's threads.
+    """
+
+    __slots__ = ("_futures", "_features", "_error")
+
+    def __init__(self, futures: Sequence[Future]):
+        self._futures: Optional[list[Future]] = list(futures)
+        self._features: Optional[np.ndarray] = None
+        self._error: Optional[BaseException] = None
+
+    @classmethod
+    def settled(cls, features: Optional[np.ndarray] = None, error: Optional[BaseException] = None) -> "PendingFeatures":
+        """Features computed already (float32 (N, 512)), or the exception computing them raised."""
+        if (features is None) == (error is None):
+            raise ValueError("settled() takes the features or the error, not both")
+        pending = cls(())
+        pending._futures = None
+        pending._features = None if features is None else np.asarray(features, dtype=np.float32)
+        pending._error = error
+        return pending
+
+    def done(self) -> bool:
+        """Whether :meth:`result` would return (or raise) without waiting."""
+        return self._futures is None or all(future.done() for future in self._futures)
+
+    def _settle(self) -> np.ndarray:
+        if self._futures is not None:
+            futures, self._futures = self._futures, None
+            try:
+                self._features = (
+                    np.concatenate([future.result() for future in futures])
+                    if futures else np.empty((0, FEATURE_DIM), np.float32)
+                )
+            except BaseException as error:  # noqa: BLE001  (kept, and raised to every caller)
+                self._error = error
+        if self._error is not None:
+            raise self._error
+        assert self._features is not None
+        return self._features
+
+    def result(self) -> np.ndarray:
+        """float32 (N, 512) in the order of the crops; raises what the first failed crop raised."""
+        return self._settle()
+
+    def __reduce__(self) -> tuple:
+        try:
+            return (PendingFeatures.settled, (self._settle(),))
+        except Exception as error:  # noqa: BLE001
+            return (PendingFeatures.settled, (None, error))
+
+
+def submit_crops(pool: ThreadPoolExecutor, run: Callable[[Any], np.ndarray], items: Sequence[Any]) -> PendingFeatures:
+    """``run`` over ``items`` started on ``pool``; returns at once. Each result is (1, 512)."""
+    return PendingFeatures([pool.submit(run, item) for item in items])
+
+
 def map_crops(pool: ThreadPoolExecutor, run: Callable[[Any], np.ndarray], items: Sequence[Any]) -> np.ndarray:
     """``run`` over ``items`` on ``pool``, the (1, 512) results stacked in order."""
-    if len(items) == 0:
-        return np.empty((0, FEATURE_DIM), np.float32)
-    return np.concatenate(list(pool.map(run, items)))
+    return submit_crops(pool, run, items).result()

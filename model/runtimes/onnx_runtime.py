@@ -12,7 +12,7 @@ import numpy as np
 
 from model.policy import check_runtime
 from model.runtimes.base import check_batch
-from model.runtimes.cpu import default_threads, map_crops, network_pool
+from model.runtimes.cpu import PendingFeatures, default_threads, network_pool, submit_crops
 
 if TYPE_CHECKING:
     from torch import nn
@@ -111,10 +111,11 @@ class OnnxRuntimeBackend:
             return self._pool.submit(self._run, batch).result()
         return np.concatenate(list(self._pool.map(self._run, np.split(batch, len(batch)))))
 
-    def map_crops(self, prepare: Callable[[Any], np.ndarray], crops: Sequence[Any]) -> np.ndarray:
-        """Features of ``crops``, each prepared (``prepare(crop)`` -> float32 (1, 3, H, W)) and
-        run on the same pool thread: the preprocessing uses every core too, between inferences,
-        instead of the caller's thread alone (Pillow and numpy release the GIL). CPU only."""
+    def submit_crops(self, prepare: Callable[[Any], np.ndarray], crops: Sequence[Any]) -> PendingFeatures:
+        """Features of ``crops`` started on the pool, returned at once: each crop prepared
+        (``prepare(crop)`` -> float32 (1, 3, H, W)) and run on the same pool thread, so the
+        preprocessing uses every core too, between inferences, instead of the caller's thread
+        alone (Pillow and numpy release the GIL). CPU only."""
         if self._pool is None:
-            raise RuntimeError("map_crops runs on the CPU pool; on CUDA call the backend on a batch")
-        return map_crops(self._pool, lambda crop: self._run(check_batch(prepare(crop))), crops)
+            raise RuntimeError("submit_crops runs on the CPU pool; on CUDA call the backend on a batch")
+        return submit_crops(self._pool, lambda crop: self._run(check_batch(prepare(crop))), crops)

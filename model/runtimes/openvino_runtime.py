@@ -12,7 +12,7 @@ from torch import nn
 from model.export import BF16_PROBE_MIN_COSINE, check_export, export_onnx
 from model.policy import check_runtime
 from model.runtimes.base import check_batch
-from model.runtimes.cpu import default_threads, map_crops, network_pool
+from model.runtimes.cpu import PendingFeatures, default_threads, map_crops, network_pool, submit_crops
 
 __all__ = ["OpenVinoBackend"]
 
@@ -91,6 +91,7 @@ class OpenVinoBackend:
         batch = check_batch(batch)
         return map_crops(self._pool, self._run_one, np.split(batch, len(batch)) if len(batch) else [])
 
-    def map_crops(self, prepare: Callable[[Any], np.ndarray], crops: Sequence[Any]) -> np.ndarray:
-        """As :meth:`OnnxRuntimeBackend.map_crops`: each crop prepared and run on one pool thread."""
-        return map_crops(self._pool, lambda crop: self._run_one(check_batch(prepare(crop))), crops)
+    def submit_crops(self, prepare: Callable[[Any], np.ndarray], crops: Sequence[Any]) -> PendingFeatures:
+        """As :meth:`OnnxRuntimeBackend.submit_crops`: each crop prepared and run on one pool
+        thread, started at once."""
+        return submit_crops(self._pool, lambda crop: self._run_one(check_batch(prepare(crop))), crops)
