@@ -3,7 +3,10 @@ the pipeline's thread prepare the next batch while the network runs this one."""
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from hypothesis import strategies as st
 from model.runtimes.cpu import PendingFeatures, network_pool, submit_crops
 
 FEATURE_DIM = 512
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _features_of(item: int) -> np.ndarray:
@@ -74,18 +78,39 @@ def test_a_failed_item_fails_the_batch_every_time_it_is_asked(pool):
             pending.result()
 
 
-def test_pickling_waits_and_carries_the_outcome_not_the_threads(pool):
+def test_pickling_a_started_batch_does_not_wait_and_resolves_only_in_its_process(pool, tmp_path):
+    """Beam pickles sampled elements to estimate their size: that must not wait for the network.
+    The pickle refers to the object in this process (our own bytes, made just above); another
+    process cannot read it and says why."""
     release = _block(pool)
     pending = submit_crops(pool, _features_of, [7, 8])
-    threading.Timer(0.05, release.set).start()
-    copy = pickle.loads(pickle.dumps(pending))  # our own object, made just above
-    np.testing.assert_array_equal(copy.result(), pending.result())
+    data = pickle.dumps(pending)  # returns although nothing can run yet
+    assert not pending.done()
+    assert pickle.loads(data) is pending
+    release.set()
+    np.testing.assert_array_equal(pending.result()[:, 0], [7, 8])
+
+    path = tmp_path / "pending.pickle"
+    path.write_bytes(data)
+    code = (
+        "import pickle, sys\n"
+        "try:\n"
+        "    pickle.loads(open(sys.argv[1], 'rb').read())\n"
+        "except RuntimeError as error:\n"
+        "    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cannot be read by process" in done.stdout and "fused with RunInference" in done.stdout
+
+
+def test_pickling_a_settled_batch_carries_its_outcome():
+    features = np.arange(3 * FEATURE_DIM, dtype=np.float32).reshape(3, FEATURE_DIM)
+    copy = pickle.loads(pickle.dumps(PendingFeatures.settled(features)))
     assert copy.done()
-
-    def fail(item):
-        raise ValueError("bad crop")
-
-    failed = pickle.loads(pickle.dumps(submit_crops(pool, fail, [1])))
+    np.testing.assert_array_equal(copy.result(), features)
+    failed = pickle.loads(pickle.dumps(PendingFeatures.settled(error=ValueError("bad crop"))))
     with pytest.raises(ValueError, match="bad crop"):
         failed.result()
 

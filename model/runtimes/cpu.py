@@ -12,9 +12,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import itertools
 import os
 import platform
 import sys
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional, Sequence
 
@@ -109,22 +111,34 @@ def network_pool(workers: int, prefix: str, flush: bool = True, torch_threads: i
     return ThreadPoolExecutor(workers, prefix, initializer=initializer, initargs=(torch_threads,))
 
 
+#: The started :class:`PendingFeatures` of this process that were pickled, by token: what their
+#: pickles refer to. Weak: an entry goes when its object does.
+_PICKLED: "weakref.WeakValueDictionary[int, PendingFeatures]" = weakref.WeakValueDictionary()
+_TOKENS = itertools.count()
+
+
 class PendingFeatures:
     """The features of a batch whose crops are being run on a pool: :meth:`result` waits for them.
 
     What lets a caller hand the network one batch and go on preparing the next while it runs
     (:meth:`model.engine.FeatureEngine.submit_crops`). :meth:`settled` wraps features (or a
     failure) already computed, so that a caller has one kind of result whichever runtime made it.
-    Pickling one waits for it and pickles its outcome: an object that leaves the process carries
-    features, never a handle on this process's threads.
+
+    Pickling a settled one carries its outcome. Pickling one started on a pool never waits: it
+    gives a reference that only this process can resolve, and unpickling it anywhere else raises.
+    Beam pickles a sample of the elements that carry these to estimate their size and drops the
+    bytes; waiting there would hold the pipeline's thread for the network, batch after batch. An
+    element that carries one must stay in the process that started it, as it does where the step
+    that collects it is fused with RunInference's (every runner fuses consecutive ParDos).
     """
 
-    __slots__ = ("_futures", "_features", "_error")
+    __slots__ = ("_futures", "_features", "_error", "_token", "__weakref__")
 
     def __init__(self, futures: Sequence[Future]):
         self._futures: Optional[list[Future]] = list(futures)
         self._features: Optional[np.ndarray] = None
         self._error: Optional[BaseException] = None
+        self._token: Optional[int] = next(_TOKENS)
 
     @classmethod
     def settled(cls, features: Optional[np.ndarray] = None, error: Optional[BaseException] = None) -> "PendingFeatures":
@@ -132,7 +146,7 @@ class PendingFeatures:
         if (features is None) == (error is None):
             raise ValueError("settled() takes the features or the error, not both")
         pending = cls(())
-        pending._futures = None
+        pending._futures, pending._token = None, None
         pending._features = None if features is None else np.asarray(features, dtype=np.float32)
         pending._error = error
         return pending
@@ -161,10 +175,21 @@ class PendingFeatures:
         return self._settle()
 
     def __reduce__(self) -> tuple:
-        try:
-            return (PendingFeatures.settled, (self._settle(),))
-        except Exception as error:  # noqa: BLE001
-            return (PendingFeatures.settled, (None, error))
+        if self._token is None:
+            return (PendingFeatures.settled, (self._features, self._error))
+        _PICKLED[self._token] = self
+        return (_started_here, (os.getpid(), self._token))
+
+
+def _started_here(pid: int, token: int) -> PendingFeatures:
+    """The :class:`PendingFeatures` a pickle refers to; raises where it was not started."""
+    pending = _PICKLED.get(token) if pid == os.getpid() else None
+    if pending is None:
+        raise RuntimeError(
+            f"features being computed by process {pid} cannot be read by process {os.getpid()}: the step "
+            "that collects them must run in the process that started them (fused with RunInference's)"
+        )
+    return pending
 
 
 def submit_crops(pool: ThreadPoolExecutor, run: Callable[[Any], np.ndarray], items: Sequence[Any]) -> PendingFeatures:
