@@ -284,7 +284,7 @@ class _CollectFeatures(beam.DoFn):
         row, result = keyed
         slot: FeatureSlot = result.inference
         if not self._started or self._started[-1][0] is not slot.batch:
-            while len(self._started) > self._batches_ahead - 1:
+            while len(self._started) >= self._batches_ahead:
                 yield from self._collect(*self._started.popleft())
             self._started.append((slot.batch, []))
         self._started[-1][1].append((row, result.example, slot.index, timestamp, window))
