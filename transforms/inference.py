@@ -268,9 +268,8 @@ class _CollectFeatures(beam.DoFn):
     the bundle); each row keeps its window and timestamp. Rows of a batch the model failed on go
     to the ``errors`` output."""
 
-    def __init__(self, image_column: str, batches_ahead: int = BATCHES_AHEAD):
+    def __init__(self, image_column: str):
         self._image_column = image_column
-        self._batches_ahead = batches_ahead
 
     def setup(self) -> None:
         self._encoded = Metrics.counter(metrics.NAMESPACE, metrics.ROWS_ENCODED)
@@ -284,7 +283,7 @@ class _CollectFeatures(beam.DoFn):
         row, result = keyed
         slot: FeatureSlot = result.inference
         if not self._started or self._started[-1][0] is not slot.batch:
-            while len(self._started) >= self._batches_ahead:
+            while len(self._started) >= BATCHES_AHEAD:
                 yield from self._collect(*self._started.popleft())
             self._started.append((slot.batch, []))
         self._started[-1][1].append((row, result.example, slot.index, timestamp, window))

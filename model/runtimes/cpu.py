@@ -145,7 +145,7 @@ class PendingFeatures:
         """Features computed already (float32 (N, 512)), or the exception computing them raised."""
         if (features is None) == (error is None):
             raise ValueError("settled() takes the features or the error, not both")
-        pending = cls(())
+        pending = cls.__new__(cls)
         pending._futures, pending._token = None, None
         pending._features = None if features is None else np.asarray(features, dtype=np.float32)
         pending._error = error
@@ -157,14 +157,15 @@ class PendingFeatures:
 
     def _settle(self) -> np.ndarray:
         if self._futures is not None:
-            futures, self._futures = self._futures, None
             try:
                 self._features = (
-                    np.concatenate([future.result() for future in futures])
-                    if futures else np.empty((0, FEATURE_DIM), np.float32)
+                    np.concatenate([future.result() for future in self._futures])
+                    if self._futures else np.empty((0, FEATURE_DIM), np.float32)
                 )
-            except BaseException as error:  # noqa: BLE001  (kept, and raised to every caller)
+            except Exception as error:  # noqa: BLE001  (the batch's outcome: raised to every caller)
                 self._error = error
+            # an interrupt while waiting (KeyboardInterrupt) leaves the batch pending, not failed
+            self._futures = None
         if self._error is not None:
             raise self._error
         assert self._features is not None
