@@ -3,15 +3,22 @@ from __future__ import annotations
 
 import glob
 import io
+import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from apache_beam.io.filesystem import FileSystem
 
 from pipeline import run
 from pipeline.run import main
+from tests.cli_helpers import cli_env
+from tests.conftest import REPO_ROOT
 from tests.pipeline_helpers import COLUMNS, read_errors, read_parquet_features, read_seed_rows, write_csv
 from transforms import inference, write
+from transforms.crop_codec import encode_crop
 from weights import BUNDLED_WEIGHTS
 
 
@@ -131,3 +138,59 @@ def test_a_runner_without_metrics_gets_a_summary_from_the_shards(tmp_path, small
     assert summary and "rows_read=31 decoded=30 encoded=30 errors=1 (empty_cell=1)" in summary[0]
     assert "reports no metrics: counts from the output shards" in summary[0]
     assert read_features(str(out)).num_rows == 30
+
+
+#: Loaded by every Python process of the CLI run below (PYTHONPATH): ONNX Runtime raises, on the
+#: model's own threads, for a crop of one flat colour, as a network failing part-way would.
+_FAILING_NETWORK = '''
+import numpy as np
+import model.runtimes.onnx_runtime as backend
+
+_run = backend.OnnxRuntimeBackend._run
+
+
+def _fails_on_flat_crops(self, batch):
+    if np.ptp(batch[0], axis=(1, 2)).max() == 0:
+        raise RuntimeError("simulated failure on the network's thread")
+    return _run(self, batch)
+
+
+backend.OnnxRuntimeBackend._run = _fails_on_flat_crops
+'''
+
+
+def test_the_cli_turns_a_batch_the_network_fails_on_into_error_rows_with_their_cells(tmp_path, seed_table):
+    """``python -m pipeline`` as a user runs it, the network raising on its threads (after
+    RunInference handed the batch over) for one crop: the rows of that crop's batch, and only
+    those, are ``inference_failed`` error rows with every cell as read, the others have
+    features; read back with README's recipe."""
+    from pipeline import read_errors as read_run_errors  # README's recipe
+    from pipeline import read_features
+
+    seed = [[r[c] for c in COLUMNS] for r in read_seed_rows(seed_table)[:40]]
+    flat = [4242, 7, "01", "flat/grey.png", encode_crop(np.full((64, 32, 3), 128, np.uint8))]
+    rows = seed[:21] + [flat] + seed[21:]
+    table = tmp_path / "in.csv"
+    write_csv(table, rows)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_FAILING_NETWORK)
+    env = cli_env()
+    env["PYTHONPATH"] = os.pathsep.join((str(hooks), env["PYTHONPATH"]))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--input", str(table), "--output", str(out), "--batch_size", "8"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "inference_failed=8" in done.stdout + done.stderr, (done.stdout + done.stderr)[-2000:]
+
+    errors = read_run_errors(str(out))
+    features = read_features(str(out))
+    by_file = {row[3]: row for row in rows}
+    failed = [e["row"]["file"] for e in errors]
+    assert len(errors) == 8 and "flat/grey.png" in failed
+    for error in errors:
+        assert error["reason"] == "inference_failed" and "simulated failure" in error["detail"]
+        assert list(error["row"].values()) == by_file[error["row"]["file"]], error["row"]["file"]
+    assert sorted(features.column("file").to_pylist() + failed) == sorted(by_file)
