@@ -51,8 +51,9 @@ def bench_markdown(result: dict[str, Any]) -> str:
         for key, label in labels.items():
             if key in checks:
                 c = checks[key]
-                met = "yes" if c["met"] else "**no**"
-                lines.append(f"| {name} | {label} (batch {checks['batch_size']}) | >= {c['target']}x | "
+                met = "n/a" if c["met"] is None else "yes" if c["met"] else "**no**"
+                required = "none for this model" if c["target"] is None else f">= {c['target']}x"
+                lines.append(f"| {name} | {label} (batch {checks['batch_size']}) | {required} | "
                              f"{c['value']:.2f}x | {_fmt(c['paired'], 2)} | {met} |")
         cosine = checks.get("bf16_cosine_vs_fp32")
         if cosine:

@@ -45,6 +45,9 @@ def test_tiny_benchmark_runs_every_mode(tmp_path):
     assert checks["e2e_vs_original_loop"]["target"] == 10.0
     if cpu_supports_bf16():
         assert 0.99 < checks["bf16_cosine_vs_fp32"]["min"] < 1.0
+        # bf16's >= 2x is the trained x1.0 network's target; for this model it is only reported
+        assert checks["bf16_vs_fp32_model_only"]["target"] is None
+        assert checks["bf16_vs_fp32_model_only"]["met"] is None
     for backend in result["model_only"].values():
         assert set(backend["img_per_s"]) == {"1", "4"}
         assert all(s["median"] > 0 for s in backend["img_per_s"].values())
