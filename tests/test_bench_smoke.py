@@ -167,3 +167,20 @@ def test_variants_base_and_null_model(tmp_path):
     null = record["runs"]["null:--batch_size=16"][0]
     assert null["pipeline_args"] == ["--batch_size=16"] and null["counters"]["rows_encoded"] == 100
     assert all(s["median"] > 0 for s in record["summary"].values())
+
+
+def test_standardize_variants_all_give_the_products_values(tmp_path, seed_table):
+    """bench/standardize_variants.py checks each variant against standardize_batch before timing it."""
+    out = tmp_path / "variants.json"
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "standardize_variants.py"), "--repeats", "1",
+         "--shared", str(seed_table.parents[2]), "--json", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["crops"] == 198
+    assert set(result["ms_per_crop"]) == {"decode_crop", "resize_batch", "standardize_batch", "contiguous_first",
+                                          "lookup_per_channel", "onnx_runtime_one_crop"}
+    assert result["ms_per_crop"]["standardize_batch"]["vs_standardize_batch"] == 1.0
+    assert all(r["median"] > 0 for r in result["ms_per_crop"].values())
