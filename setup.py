@@ -25,6 +25,7 @@ setup(
         "onnxscript>=0.2",  # the torch.export-based ONNX exporter, the fallback of the default one
         "tqdm>=4.60",  # the progress bars of the job and of evaluate
         "matplotlib>=3.7",  # the histograms of evaluate / compare --report
+        "numba>=0.59",  # model/pillow_resize.py: Pillow's resize, bit for bit, compiled and without the GIL
         "openvino>=2024.0",  # CPU bf16 (--precision bf16 on AVX512-BF16/AMX cores); pulls no torch
     ],
     extras_require={

@@ -12,7 +12,16 @@ import numpy as np
 
 from model.contract import FEATURE_DIM
 from model.policy import RuntimePlan
-from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, check_pixels, resize_batch, standardize_batch, to_rgb
+from model.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INPUT_SIZE,
+    check_pixels,
+    network_input,
+    resize_batch,
+    standardize_batch,
+    to_rgb,
+)
 from model.runtimes import FeatureBackend, runtime_for
 from model.runtimes.cpu import PendingFeatures
 
@@ -120,7 +129,7 @@ class FeatureEngine:
         return PendingFeatures.settled(out)
 
     def _network_input_of_one(self, crop: np.ndarray) -> np.ndarray:
-        return standardize_batch(self.resize([crop]), mean=self.mean, std=self.std)
+        return network_input(crop, self.channel_order, self.input_size, self.mean, self.std)
 
     def _features(self, pixels: np.ndarray) -> np.ndarray:
         """One network call on resized pixels, standardised on the device or here."""

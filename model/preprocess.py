@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+import functools
+
 import numpy as np
 from PIL import Image
+
+from model import pillow_resize
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -19,9 +23,11 @@ __all__ = [
     "INPUT_SIZE",
     "INPUT_WIDTH",
     "check_pixels",
+    "network_input",
     "preprocess_batch",
     "resize_batch",
     "standardize_batch",
+    "standardize_table",
     "to_rgb",
 ]
 
@@ -65,8 +71,17 @@ def to_rgb(crop: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+def _compiled(rgb: np.ndarray, size: tuple[int, int]) -> bool:
+    """Whether :mod:`model.pillow_resize` gives Pillow's result for ``rgb`` here (checked against
+    Pillow once per process)."""
+    return pillow_resize.handles(rgb.shape[0], rgb.shape[1], size) and pillow_resize.available(size)
+
+
 def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Pillow's bilinear resize of one uint8 RGB image; ``size`` is (width, height)."""
+    """Pillow's bilinear resize of one uint8 RGB image; ``size`` is (width, height). The same
+    bytes as ``Image.resize``, computed by :mod:`model.pillow_resize` where it can."""
+    if _compiled(rgb, size):
+        return pillow_resize.resize_rgb(rgb, size)
     return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
 
 
@@ -144,6 +159,35 @@ def standardize_batch(
         plane -= mean_arr[channel]
         plane /= std_arr[channel]
     return batch
+
+
+@functools.lru_cache(maxsize=16)
+def standardize_table(mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> np.ndarray:
+    """float32 (3, 256): :func:`standardize_batch` of every pixel value 0..255 in every channel.
+    Standardising is per value and per channel, so looking a pixel up here gives its values
+    exactly (read-only: shared by threads)."""
+    values = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, None, :, None], (1, 1, 256, 3))
+    table = np.ascontiguousarray(standardize_batch(np.ascontiguousarray(values), mean, std)[0, :, 0, :])
+    table.setflags(write=False)
+    return table
+
+
+def network_input(
+    crop: np.ndarray,
+    channel_order: str = "rgb",
+    size: tuple[int, int] = INPUT_SIZE,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> np.ndarray:
+    """One crop -> the network's float32 (1, 3, H, W) input: :func:`preprocess_batch` of ``[crop]``,
+    bit for bit, in one compiled pass where :mod:`model.pillow_resize` can (no GIL held)."""
+    width, height = _check_size(size)
+    rgb = to_rgb(crop, channel_order)
+    if _compiled(rgb, (width, height)):
+        _check_standardization(mean, std)
+        table = standardize_table(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        return pillow_resize.resize_standardized(rgb, (width, height), table)[None]
+    return standardize_batch(resize_batch([rgb], size=(width, height)), mean, std)
 
 
 def preprocess_batch(
