@@ -184,6 +184,23 @@ def _field_pattern(delimiter: str) -> re.Pattern:
     return re.compile(rf'"([^"]*(?:""[^"]*)*)"|([^{d}"\r\n]*)')
 
 
+def _quoted_field_end(text: str, start: int, delimiter: str) -> Optional[tuple[int, bool]]:
+    """For the quoted cell opening at ``start``: (the index after its closing quote, whether it
+    holds doubled quotes), when a delimiter or the end follows it; else None, and the regular
+    expression decides (and words the error). Scans with ``str.find``, many times faster than the
+    expression on the long hex cells: the same cells, the same values."""
+    pos, doubled = start + 1, False
+    while True:
+        quote = text.find('"', pos)
+        if quote < 0:
+            return None
+        if text.startswith('"', quote + 1):
+            pos, doubled = quote + 2, True
+            continue
+        after = quote + 1
+        return (after, doubled) if after == len(text) or text.startswith(delimiter, after) else None
+
+
 def split_record(text: str, delimiter: str = ",") -> list[Value]:
     """Split one record's text (without its line ending) into typed values.
 
@@ -193,11 +210,17 @@ def split_record(text: str, delimiter: str = ",") -> list[Value]:
     values: list[Value] = []
     pos, end = 0, len(text)
     while True:
-        match = field.match(text, pos)
-        assert match is not None  # the unquoted branch matches the empty string
-        quoted, bare = match.group(1), match.group(2)
-        values.append(quoted.replace('""', '"') if quoted is not None else _unquoted_value(bare))
-        pos = match.end()
+        quoted_to = _quoted_field_end(text, pos, delimiter) if text.startswith('"', pos) else None
+        if quoted_to is not None:  # the common well-formed quoted cell, found with str.find
+            cell = text[pos + 1 : quoted_to[0] - 1]
+            values.append(cell.replace('""', '"') if quoted_to[1] else cell)
+            pos = quoted_to[0]
+        else:
+            match = field.match(text, pos)
+            assert match is not None  # the unquoted branch matches the empty string
+            quoted, bare = match.group(1), match.group(2)
+            values.append(quoted.replace('""', '"') if quoted is not None else _unquoted_value(bare))
+            pos = match.end()
         if pos == end:
             return values
         if text[pos] != delimiter:
