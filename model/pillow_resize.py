@@ -12,10 +12,10 @@ same bytes: not a close approximation. Images much taller than wide that shrink 
 the one case where ``Image.resize`` goes another way (vertical first, since Pillow 11); they are
 left to Pillow (:func:`handles`).
 
-Why: Pillow's resize of a crop and the conversions around it cost about a millisecond of CPU per
-row and hold the GIL for part of it, which on CPU workers is a large share of the per-row work
-around the network (bench/README.md, "Resize and standardise compiled"). These loops, compiled
-by numba, take about a third of that and hold no GIL; :func:`resize_standardized` also writes
+Why: Pillow's resize of a crop and the conversions around it are a large share of the per-row
+CPU work around the network on CPU workers, and hold the GIL for part of it. These loops,
+compiled by numba, hold no GIL and take a fraction of that time (bench/README.md, "Resize
+compiled, bit for bit"); :func:`resize_standardized` also writes
 the network's float32 input directly, through a 256-entry table per channel made by
 :func:`model.preprocess.standardize_batch` itself (so the values are its values, by construction).
 
@@ -42,9 +42,21 @@ PRECISION_BITS = 22
 CHECK_SHAPES = ((155, 65), (256, 128), (256, 60), (100, 128), (640, 300), (199, 96), (7, 3), (1, 1), (300, 700))
 
 try:  # numba is an install dependency; a platform without its wheels falls back to Pillow
-    from numba import njit
+    from numba import njit as _njit
 except ImportError:  # pragma: no cover - exercised only where numba cannot be installed
-    njit = None
+    _njit = None
+
+
+def _nogil(function):
+    """numba's nogil compilation of ``function``, cached on disk where numba finds a writable
+    place (next to this file, else the user's cache), else compiled anew in each process."""
+    try:
+        return _njit(nogil=True, cache=True)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available" (read-only installs)
+        return _njit(nogil=True)(function)
+
+
+njit = _njit  # None without numba
 
 
 @functools.lru_cache(maxsize=4096)
@@ -87,12 +99,12 @@ def handles(height: int, width: int, size: tuple[int, int]) -> bool:
 
 if njit is not None:
 
-    @njit(nogil=True, cache=True)
+    @_nogil
     def _clip8(total):
         value = total >> PRECISION_BITS
         return 0 if value < 0 else (255 if value > 255 else value)
 
-    @njit(nogil=True, cache=True)
+    @_nogil
     def _horizontal(source, first_row, bounds, weights, out):
         """``out`` (rows, out_width, 3) uint8: rows ``first_row...`` of ``source`` resampled along x."""
         rows, out_width = out.shape[0], out.shape[1]
@@ -115,7 +127,7 @@ if njit is not None:
                 target[3 * xx + 1] = _clip8(s1)
                 target[3 * xx + 2] = _clip8(s2)
 
-    @njit(nogil=True, cache=True)
+    @_nogil
     def _vertical_sums(source, first_row, bounds, weights, yy, sums):
         """The integer sums of output row ``yy`` along y (a whole row of pixels at a time)."""
         flat = source.reshape(source.shape[0], source.shape[1] * 3)
@@ -129,7 +141,7 @@ if njit is not None:
             for j in range(sums.shape[0]):
                 sums[j] += line[j] * k
 
-    @njit(nogil=True, cache=True)
+    @_nogil
     def _vertical(source, first_row, bounds, weights, out):
         """``out`` (out_height, width, 3) uint8: ``source`` (rows from ``first_row``) resampled along y."""
         out_height, width = out.shape[0], out.shape[1]
@@ -140,7 +152,7 @@ if njit is not None:
             for j in range(width * 3):
                 flat_out[yy, j] = _clip8(sums[j])
 
-    @njit(nogil=True, cache=True)
+    @_nogil
     def _vertical_standardized(source, first_row, bounds, weights, table, out):
         """``out`` (3, out_height, width) float32: the vertical pass, each pixel through ``table``."""
         out_height, width = out.shape[1], out.shape[2]
@@ -151,7 +163,7 @@ if njit is not None:
                 for c in range(3):
                     out[c, yy, xx] = table[c, _clip8(sums[3 * xx + c])]
 
-    @njit(nogil=True, cache=True)
+    @_nogil
     def _standardized(pixels, table, out):
         """``out`` (3, H, W) float32: uint8 (H, W, 3) ``pixels`` through ``table``."""
         for y in range(pixels.shape[0]):
@@ -181,7 +193,8 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     (H, W, 3) ``rgb`` that :func:`handles`; ``size`` = (width, height). Needs numba."""
     width, height = size
     if rgb.shape[0] == height:
-        return np.array(_horizontal_pass(rgb, width, (0, height)))
+        resized = _horizontal_pass(rgb, width, (0, height))
+        return rgb.copy() if resized is rgb else resized  # a copy, as Image.resize gives
     bounds, weights, rows = _vertical_plan(rgb.shape[0], height)
     source = _horizontal_pass(rgb, width, rows)
     first = rows[0] if source is not rgb else 0

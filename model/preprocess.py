@@ -7,9 +7,8 @@ when shrinking, so OpenCV's or torch's "bilinear" would give visibly different f
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
-
 import functools
+from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -184,8 +183,7 @@ def network_input(
     width, height = _check_size(size)
     rgb = to_rgb(crop, channel_order)
     if _compiled(rgb, (width, height)):
-        _check_standardization(mean, std)
-        table = standardize_table(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        table = standardize_table(tuple(mean), tuple(std))  # checked by standardize_batch when made
         return pillow_resize.resize_standardized(rgb, (width, height), table)[None]
     return standardize_batch(resize_batch([rgb], size=(width, height)), mean, std)
 

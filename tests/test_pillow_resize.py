@@ -125,3 +125,19 @@ def test_real_crops_are_pillow_bit_for_bit(seed_table):
         expected = pillow_resized(pillow_rgb(crop), INPUT_SIZE)
         assert same_bits(resize_batch([crop])[0], expected)
         assert same_bits(network_input(crop), standardize_batch(expected[None]))
+
+
+def test_compiles_without_a_disk_cache_where_numba_finds_none(monkeypatch):
+    """A read-only install: numba refuses ``cache=True`` at decoration; the loops are compiled
+    per process instead of failing the import."""
+    calls = []
+
+    def fake_njit(**options):
+        calls.append(options)
+        if options.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'x.py'")
+        return lambda function: function
+
+    monkeypatch.setattr(pillow_resize, "_njit", fake_njit)
+    assert pillow_resize._nogil(len)("abc") == 3
+    assert calls == [{"nogil": True, "cache": True}, {"nogil": True}]
