@@ -18,6 +18,7 @@ from model.preprocess import (
     INPUT_SIZE,
     check_pixels,
     network_input,
+    prepare_resize,
     resize_batch,
     standardize_batch,
     to_rgb,
@@ -65,6 +66,7 @@ class FeatureEngine:
         if (module is None) == (runtime is None):
             raise ValueError("FeatureEngine needs a module or a runtime, not both")
         self.runtime: FeatureBackend = runtime if runtime is not None else runtime_for(module, plan, threads)
+        prepare_resize(self.input_size)  # compiled here, once, not on the first crops' threads
         # On a GPU the CPU only resizes; the device standardises (same values, a quarter of the bytes).
         self._standardize_on_device = plan.on_cuda and hasattr(self.runtime, "features_from_pixels")
 

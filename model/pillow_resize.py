@@ -189,8 +189,9 @@ def _vertical_plan(height: int, out_height: int) -> tuple[np.ndarray, np.ndarray
 
 
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))`` for a C-contiguous uint8
-    (H, W, 3) ``rgb`` that :func:`handles`; ``size`` = (width, height). Needs numba."""
+    """``np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))`` for a uint8 (H, W, 3)
+    ``rgb`` that :func:`handles`; ``size`` = (width, height). Needs numba."""
+    rgb = np.ascontiguousarray(rgb)  # one memory layout: no compilation for another (see prepare)
     width, height = size
     if rgb.shape[0] == height:
         resized = _horizontal_pass(rgb, width, (0, height))
@@ -206,6 +207,7 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def resize_standardized(rgb: np.ndarray, size: tuple[int, int], table: np.ndarray) -> np.ndarray:
     """float32 (3, height, width): :func:`resize_rgb`'s pixels, channel ``c`` of value ``v`` written
     as ``table[c, v]`` (``table``: float32 (3, 256), :func:`model.preprocess.standardize_table`)."""
+    rgb = np.ascontiguousarray(rgb)
     width, height = size
     out = np.empty((3, height, width), np.float32)
     if rgb.shape[0] == height:
@@ -243,9 +245,35 @@ def mismatch(size: tuple[int, int]) -> Optional[str]:
     return None
 
 
+def compile_for(size: tuple[int, int]) -> None:
+    """Compiles every specialisation the resizes to ``size`` use, now, on this thread.
+
+    numba compiles a function the first time it meets new argument types (here: whether the crop,
+    or the table, is read-only, as decoded crops are). Left to the first crops, that would happen
+    on several of the network's worker threads at once, beside the runtime's own threads; numba's
+    lazy compilation from many threads has a history of races, and a CI run of the bf16 CLI job
+    once hung with a cold cache. So the check below compiles all of them first, under its lock,
+    and the worker threads only ever call compiled code (tests/test_pillow_resize.py counts the
+    signatures)."""
+    width, height = size
+    writable_table = np.zeros((3, 256), np.float32)
+    read_only_table = writable_table.copy()
+    read_only_table.setflags(write=False)
+    for in_height in (height, height + 1):  # the horizontal pass only, or both passes
+        for in_width in (width, width + 1):  # the vertical pass on the crop itself, or not
+            rgb = np.zeros((in_height, in_width, 3), np.uint8)
+            read_only = rgb.copy()
+            read_only.setflags(write=False)
+            for crop in (rgb, read_only):
+                resize_rgb(crop, size)
+                for table in (writable_table, read_only_table):
+                    resize_standardized(crop, size, table)
+
+
 def available(size: tuple[int, int]) -> bool:
-    """Whether to use these loops in this process: numba is there and, checked once, they give
-    Pillow's bytes (the reason is logged once when they do not)."""
+    """Whether to use these loops in this process: numba is there, they are compiled
+    (:func:`compile_for`) and, checked once, they give Pillow's bytes (the reason is logged once
+    when they do not). Call it where the model is set up, so that the first crops do not wait."""
     if njit is None:
         return False
     size = (int(size[0]), int(size[1]))
@@ -255,6 +283,7 @@ def available(size: tuple[int, int]) -> bool:
             checked = _CHECKED.get(size)
             if checked is None:
                 try:
+                    compile_for(size)
                     problem = mismatch(size)
                 except Exception as error:  # noqa: BLE001  (a compile failure: Pillow still works)
                     problem = f"{type(error).__name__}: {error}"

@@ -23,6 +23,7 @@ __all__ = [
     "INPUT_WIDTH",
     "check_pixels",
     "network_input",
+    "prepare_resize",
     "preprocess_batch",
     "resize_batch",
     "standardize_batch",
@@ -74,6 +75,13 @@ def _compiled(rgb: np.ndarray, size: tuple[int, int]) -> bool:
     """Whether :mod:`model.pillow_resize` gives Pillow's result for ``rgb`` here (checked against
     Pillow once per process)."""
     return pillow_resize.handles(rgb.shape[0], rgb.shape[1], size) and pillow_resize.available(size)
+
+
+def prepare_resize(size: tuple[int, int] = INPUT_SIZE) -> bool:
+    """Compiles and checks the compiled resize to ``size`` = (width, height) now, on the calling
+    thread (:func:`model.pillow_resize.available`), so that worker threads never compile; whether
+    it will be used. Idempotent and cheap after the first call in a process."""
+    return pillow_resize.available(_check_size(size))
 
 
 def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

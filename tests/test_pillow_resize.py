@@ -141,3 +141,66 @@ def test_compiles_without_a_disk_cache_where_numba_finds_none(monkeypatch):
     monkeypatch.setattr(pillow_resize, "_njit", fake_njit)
     assert pillow_resize._nogil(len)("abc") == 3
     assert calls == [{"nogil": True, "cache": True}, {"nogil": True}]
+
+
+_WORKER_THREADS_NEVER_COMPILE = r"""
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from model import pillow_resize
+from model.preprocess import INPUT_SIZE, network_input, prepare_resize
+from transforms.crop_codec import decode_crop, encode_crop
+
+DISPATCHERS = ("_clip8", "_horizontal", "_vertical_sums", "_vertical", "_vertical_standardized", "_standardized")
+
+
+def signatures():
+    return {name: len(getattr(pillow_resize, name).signatures) for name in DISPATCHERS}
+
+
+assert prepare_resize(INPUT_SIZE)
+before = signatures()
+rng = np.random.default_rng(7)
+crops = []
+for height, width, colors in ((155, 65, 3), (256, 128, 3), (256, 60, 4), (100, 128, 1), (640, 300, 3), (7, 3, 3)):
+    crop = rng.integers(0, 256, (height, width, colors), dtype=np.uint8)
+    crops += [crop, decode_crop(encode_crop(crop))]  # writable, and read-only as decoded cells are
+work = [(crop, order) for crop in crops for order in ("rgb", "bgr")]
+with ThreadPoolExecutor(4) as pool:
+    list(pool.map(lambda job: network_input(job[0], job[1]), work * 3))
+assert not decode_crop(encode_crop(crops[0])).flags.writeable
+after = signatures()
+print(before, after)
+sys.exit(0 if after == before else 1)
+"""
+
+
+def test_worker_threads_never_compile_after_prepare_resize():
+    """In a fresh process: once :func:`model.preprocess.prepare_resize` ran (FeatureEngine calls it
+    where the model is set up), crops of every kind (read-only as decoded, writable, grey, RGBA,
+    BGR, both passes or one) resized on many threads at once add no numba specialisation, so no
+    worker thread compiles (lazy compilation from several threads at once is what a CI hang
+    pointed at)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    completed = subprocess.run([sys.executable, "-c", _WORKER_THREADS_NEVER_COMPILE], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_the_engine_prepares_the_compiled_resize_where_it_is_built(monkeypatch):
+    from model.engine import FeatureEngine
+    from model.policy import plan_runtime
+
+    class Runtime:
+        def __call__(self, batch):
+            return np.zeros((len(batch), 512), np.float32)
+
+    monkeypatch.setattr(pillow_resize, "_CHECKED", {})
+    FeatureEngine(None, plan_runtime("onnxruntime", "cpu"), runtime=Runtime(), input_size=(64, 160))
+    assert pillow_resize._CHECKED == {(64, 160): True}
