@@ -191,7 +191,7 @@ def _vertical_plan(height: int, out_height: int) -> tuple[np.ndarray, np.ndarray
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))`` for a uint8 (H, W, 3)
     ``rgb`` that :func:`handles`; ``size`` = (width, height). Needs numba."""
-    rgb = np.ascontiguousarray(rgb)  # one memory layout: no compilation for another (see prepare)
+    rgb = np.ascontiguousarray(rgb)  # one memory layout: no compilation for another (compile_for)
     width, height = size
     if rgb.shape[0] == height:
         resized = _horizontal_pass(rgb, width, (0, height))
@@ -248,17 +248,16 @@ def mismatch(size: tuple[int, int]) -> Optional[str]:
 def compile_for(size: tuple[int, int]) -> None:
     """Compiles every specialisation the resizes to ``size`` use, now, on this thread.
 
-    numba compiles a function the first time it meets new argument types (here: whether the crop,
-    or the table, is read-only, as decoded crops are). Left to the first crops, that would happen
+    numba compiles a function the first time it meets new argument types (here: whether the crop
+    is read-only, as decoded crops are; the table always is). Left to the first crops, that would happen
     on several of the network's worker threads at once, beside the runtime's own threads; numba's
     lazy compilation from many threads has a history of races, and a CI run of the bf16 CLI job
     once hung with a cold cache. So the check below compiles all of them first, under its lock,
     and the worker threads only ever call compiled code (tests/test_pillow_resize.py counts the
     signatures)."""
     width, height = size
-    writable_table = np.zeros((3, 256), np.float32)
-    read_only_table = writable_table.copy()
-    read_only_table.setflags(write=False)
+    table = np.zeros((3, 256), np.float32)
+    table.setflags(write=False)  # as model.preprocess.standardize_table's, the one the callers pass
     for in_height in (height, height + 1):  # the horizontal pass only, or both passes
         for in_width in (width, width + 1):  # the vertical pass on the crop itself, or not
             rgb = np.zeros((in_height, in_width, 3), np.uint8)
@@ -266,8 +265,7 @@ def compile_for(size: tuple[int, int]) -> None:
             read_only.setflags(write=False)
             for crop in (rgb, read_only):
                 resize_rgb(crop, size)
-                for table in (writable_table, read_only_table):
-                    resize_standardized(crop, size, table)
+                resize_standardized(crop, size, table)
 
 
 def available(size: tuple[int, int]) -> bool:
